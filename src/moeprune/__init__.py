@@ -1,0 +1,2 @@
+"""moeprune."""
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""One adapter for every MoE family built on transformers 5's stacked-expert layout.
+
+transformers 5 stores a layer's routed experts as one module decorated with
+`@use_experts_implementation`: `gate_up_proj [E, 2I, H]` (or `up_proj` when `has_gate` is False),
+`down_proj [E, H, I]`, optional biases, and layout flags (`is_transposed`, `is_concatenated`).
+The adapter finds those modules, their MoE block (the parent) and the block's router, and exposes
+per layer what scoring and pruning need: router rows, gate function, expert matrices, one-expert
+forward, shared experts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moeprune.arch.families import Family, covered_families, get_family
+from moeprune.errors import MoepruneError
+
+_ROUTER_BIAS_NAMES = ("e_score_correction_bias", "bias")
+
+
+def _is_stacked_experts(module: nn.Module) -> bool:
+    up = getattr(module, "gate_up_proj", None)
+    if up is None:
+        up = getattr(module, "up_proj", None)
+    return isinstance(up, torch.Tensor) and up.dim() == 3 and isinstance(getattr(module, "down_proj", None), torch.Tensor)
+
+
+@dataclass
+class MoELayer:
+    """One MoE block: its router, its stacked routed experts and its shared experts.
+
+    Attributes:
+        index: index of the decoder layer (block) in the model's layer list.
+        path: dotted module path of the MoE block (e.g. `model.layers.3.mlp`).
+        block: the MoE block module.
+        router: the router module; `router(hidden [T, H])` returns `(logits [T, E], weights [T, k], index [T, k])`.
+        experts: the stacked experts module.
+        family: family facts.
+    """
+
+    index: int
+    path: str
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    family: Family
+
+    @property
+    def num_experts(self) -> int:
+        return self.router_weight.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return int(getattr(self.router, "top_k", getattr(self.block, "top_k", 0)))
+
+    @property
+    def router_weight(self) -> torch.Tensor:
+        """Router rows, one per expert: `[E, H]`."""
+        return self.router.weight
+
+    @property
+    def router_bias(self) -> torch.Tensor | None:
+        """The router's per-expert bias or score-correction bias `[E]`, if the family has one."""
+        for name in _ROUTER_BIAS_NAMES:
+            bias = getattr(self.router, name, None)
+            if isinstance(bias, torch.Tensor):
+                return bias
+        return None
+
+    @property
+    def has_gate(self) -> bool:
+        return bool(getattr(self.experts, "has_gate", hasattr(self.experts, "gate_up_proj")))
+
+    @property
+    def is_transposed(self) -> bool:
+        return bool(getattr(self.experts, "is_transposed", False))
+
+    @property
+    def is_concatenated(self) -> bool:
+        return bool(getattr(self.experts, "is_concatenated", True))
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.down_proj.shape[1] if self.is_transposed else self.down_proj.shape[2]
+
+    @property
+    def up_param(self) -> torch.Tensor:
+        return self.experts.gate_up_proj if self.has_gate else self.experts.up_proj
+
+    @property
+    def down_proj(self) -> torch.Tensor:
+        return self.experts.down_proj
+
+    @property
+    def shared_experts(self) -> dict[str, nn.Module]:
+        """Always-on shared experts of the block (never expert-pruned)."""
+        found = {name: getattr(self.block, name, None) for name in self.family.shared_attrs}
+        return {name: module for name, module in found.items() if isinstance(module, nn.Module)}
+
+    def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`)."""
+        return self.router(hidden.reshape(-1, hidden.shape[-1]))
+
+    def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
+        """Views `[out, in]` of one expert's matrices (`gate_proj`, `up_proj`, `down_proj`).
+
+        They alias the stacked parameters, so in-place edits (pruning masks) change the model.
+        """
+        up = self.up_param[expert]
+        down = self.down_proj[expert]
+        if self.is_transposed:  # stored [in, out]
+            up, down = up.transpose(0, 1), down.transpose(0, 1)
+        if not self.has_gate:
+            return {"up_proj": up, "down_proj": down}
+        if self.is_concatenated:
+            size = up.shape[0] // 2
+            gate, up_half = up[:size], up[size:]
+        else:  # interleaved rows: gate0, up0, gate1, up1, ...
+            gate, up_half = up[0::2], up[1::2]
+        return {"gate_proj": gate, "up_proj": up_half, "down_proj": down}
+
+    def expert_biases(self, expert: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not getattr(self.experts, "has_bias", False):
+            return None, None
+        up_bias = self.experts.gate_up_proj_bias if self.has_gate else self.experts.up_proj_bias
+        return up_bias[expert], self.experts.down_proj_bias[expert]
+
+    def expert_intermediate(self, expert: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The activation that enters `down_proj` for `hidden [T, H]`: `[T, I]`."""
+        up = self.up_param[expert]
+        weight = up.transpose(0, 1) if self.is_transposed else up
+        up_bias, _ = self.expert_biases(expert)
+        projected = F.linear(hidden, weight, up_bias)
+        if self.has_gate:
+            return self.experts._apply_gate(projected)
+        return self.experts.act_fn(projected)
+
+    def run_expert(self, expert: int, hidden: torch.Tensor) -> torch.Tensor:
+        """One expert's output (no gate weight applied) for `hidden [T, H]`: `[T, H]`."""
+        down = self.down_proj[expert]
+        weight = down.transpose(0, 1) if self.is_transposed else down
+        _, down_bias = self.expert_biases(expert)
+        return F.linear(self.expert_intermediate(expert, hidden), weight, down_bias)
+
+    def expert_param_count(self) -> int:
+        """Parameters of one routed expert (matrices and biases)."""
+        per_expert = sum(p[0].numel() for p in self.experts.parameters(recurse=False) if p.dim() >= 1)
+        return int(per_expert)
+
+
+class MoEAdapter:
+    """Finds the MoE layers of a transformers model and describes them."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        model_type = getattr(self.config, "model_type", "?")
+        self.layers = self._discover(model)
+        if not self.layers:
+            raise MoepruneError(
+                f"no MoE layer found in this {model_type} model; moeprune prunes Mixture-of-Experts "
+                f"models (covered families: {covered_families()})"
+            )
+        family = get_family(model_type)
+        if family is None:
+            raise MoepruneError(
+                f"MoE family '{model_type}' is not covered yet; covered families: {covered_families()}"
+            )
+        self.family = family
+        for layer in self.layers:
+            layer.family = family
+            layer.router = self._find_router(layer.block, family)
+
+    @staticmethod
+    def _discover(model: nn.Module) -> list[MoELayer]:
+        found = []
+        for name, module in model.named_modules():
+            if not _is_stacked_experts(module) or "." not in name:
+                continue
+            block_path = name.rsplit(".", 1)[0]
+            numbers = re.findall(r"\.(\d+)\.", f".{block_path}.")
+            if not numbers:
+                continue
+            block = model.get_submodule(block_path)
+            found.append(MoELayer(int(numbers[-1]), block_path, block, None, module, None))  # type: ignore[arg-type]
+        return sorted(found, key=lambda layer: layer.index)
+
+    @staticmethod
+    def _find_router(block: nn.Module, family: Family) -> nn.Module:
+        router = getattr(block, family.router_attr, None)
+        if not isinstance(getattr(router, "weight", None), torch.Tensor):
+            raise MoepruneError(
+                f"no router '{family.router_attr}' with a weight found in MoE block {type(block).__name__}"
+            )
+        return router
+
+    @cached_property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The model's list of decoder (or encoder) blocks, which holds every MoE block."""
+        path = self.layers[0].path
+        list_path = path[: path.rfind(f".{self.layers[0].index}.")]
+        return self.model.get_submodule(list_path)
+
+    @property
+    def moe_indices(self) -> list[int]:
+        return [layer.index for layer in self.layers]
+
+    def layer(self, index: int) -> MoELayer:
+        for layer in self.layers:
+            if layer.index == index:
+                return layer
+        raise MoepruneError(f"layer {index} is not an MoE layer; MoE layers: {self.moe_indices}")
+
+    @property
+    def renormalises(self) -> bool:
+        return self.family.renormalises(self.config)
+
+    def routed_expert_params(self) -> int:
+        """All routed expert parameters of the model."""
+        return sum(layer.expert_param_count() * layer.num_experts for layer in self.layers)
+
+    def active_params_per_token(self) -> int:
+        """Decoder-block parameters one token uses: everything but the routed experts it is not sent to."""
+        blocks = sum(p.numel() for p in self.decoder_layers.parameters())
+        unused = sum(layer.expert_param_count() * (layer.num_experts - layer.top_k) for layer in self.layers)
+        return int(blocks - unused)
+
+
+def get_adapter(model: nn.Module) -> MoEAdapter:
+    """The adapter for `model`; raises MoepruneError for a non-MoE or uncovered model."""
+    return MoEAdapter(model)

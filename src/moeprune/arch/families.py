@@ -1,0 +1,111 @@
+"""Per-family facts that the generic stacked-expert adapter cannot discover from the modules alone.
+
+Everything else (where MoE blocks live, router and expert tensors, layout flags) is found by walking
+the model; see `arch.adapter`. Facts checked against transformers 5.23 (../shared/STACK.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from transformers import PretrainedConfig
+
+
+def _always(_: PretrainedConfig) -> bool:
+    return True
+
+
+def _never(_: PretrainedConfig) -> bool:
+    return False
+
+
+def _norm_topk_prob(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "norm_topk_prob", False))
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between MoE families.
+
+    Attributes:
+        name: the config `model_type`.
+        count_fields: config fields that hold the routed expert count (all are updated on removal).
+        router_attr: name of the router module inside the MoE block.
+        gate: a short description of the gate function, for `inspect` and model cards.
+        renormalises: whether the gate renormalises over the chosen top-k (then removing unused
+            experts leaves outputs unchanged for tokens that never used them).
+        shared_attrs: always-on shared experts inside the block (never expert-pruned).
+        group_routing: DeepSeek-style group-limited routing needs equal-size groups after removal.
+        min_per_group: experts each group must keep (DeepSeek-V3 scores a group by its top-2).
+    """
+
+    name: str
+    count_fields: tuple[str, ...]
+    router_attr: str = "gate"
+    gate: str = "softmax -> top-k"
+    renormalises: Callable[[PretrainedConfig], bool] = _always
+    shared_attrs: tuple[str, ...] = ()
+    group_routing: Callable[[PretrainedConfig], bool] = _never
+    min_per_group: int = 1
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _deepseek_v2_groups(config: PretrainedConfig) -> bool:
+    return getattr(config, "topk_method", "greedy") == "group_limited_greedy"
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("mixtral", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
+        Family(
+            "qwen2_moe",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+            shared_attrs=("shared_expert", "shared_expert_gate"),
+        ),
+        Family(
+            "qwen3_moe",
+            ("num_experts", "num_local_experts"),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+        ),
+        Family(
+            "olmoe",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+        ),
+        Family(
+            "deepseek_v2",
+            ("n_routed_experts",),
+            gate="softmax -> (group-limited) top-k, scaled",
+            renormalises=_never,
+            shared_attrs=("shared_experts",),
+            group_routing=_deepseek_v2_groups,
+        ),
+        Family(
+            "deepseek_v3",
+            ("n_routed_experts",),
+            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+            renormalises=_norm_topk_prob,
+            shared_attrs=("shared_experts",),
+            group_routing=_always,
+            min_per_group=2,
+        ),
+        Family("phimoe", ("num_local_experts",), router_attr="router", gate="sparsemixer", renormalises=_never),
+        Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
+    )
+}
+
+
+def get_family(model_type: str) -> Family | None:
+    """The family entry for a config `model_type`, or None when moeprune does not cover it."""
+    return FAMILIES.get(model_type)
+
+
+def covered_families() -> str:
+    """Comma-separated list of covered families, for error messages."""
+    return ", ".join(sorted(FAMILIES))

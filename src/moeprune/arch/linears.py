@@ -1,0 +1,61 @@
+"""The Linear weights that unstructured pruning targets and sparsity accounting counts.
+
+ALGORITHMS.md: every Linear weight of the decoder blocks (attention projections, dense MLPs, routed
+expert matrices, shared experts), never embeddings, the LM head, norms, routers or shared-expert gates.
+Routed experts appear as one `[out, in]` view per expert and matrix, aliasing the stacked parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from moeprune.arch.adapter import MoEAdapter
+
+_GATE_NAMES = ("shared_expert_gate",)
+
+
+def _router_ids(adapter: MoEAdapter) -> set[int]:
+    ids = set()
+    for layer in adapter.layers:
+        ids.update(id(m) for m in layer.router.modules())
+        for name in _GATE_NAMES:
+            gate = getattr(layer.block, name, None)
+            if gate is not None:
+                ids.add(id(gate))
+    return ids
+
+
+def layer_linear_weights(adapter: MoEAdapter, index: int, targets: str = "all") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, weight `[out, in]`) of decoder layer `index`; `targets="experts"` keeps routed experts only."""
+    block = adapter.decoder_layers[index]
+    skip = _router_ids(adapter)
+    moe = {layer.index: layer for layer in adapter.layers}
+    experts_module = moe[index].experts if index in moe else None
+    if targets == "all":
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) and id(module) not in skip:
+                yield f"{index}.{name}", module.weight
+    if experts_module is not None:
+        layer = moe[index]
+        for expert in range(layer.num_experts):
+            for matrix, view in layer.expert_weights(expert).items():
+                yield f"{index}.{layer.path.rsplit('.', 1)[-1]}.experts.{expert}.{matrix}", view
+
+
+def prunable_weights(adapter: MoEAdapter, targets: str = "all") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every targeted Linear weight of the model, decoder layer by decoder layer."""
+    for index in range(len(adapter.decoder_layers)):
+        yield from layer_linear_weights(adapter, index, targets)
+
+
+def count_weights(adapter: MoEAdapter, targets: str = "all") -> tuple[int, int]:
+    """(number of targeted weights, number of them that are nonzero)."""
+    total = nonzero = 0
+    with torch.no_grad():
+        for _, weight in prunable_weights(adapter, targets):
+            total += weight.numel()
+            nonzero += int(torch.count_nonzero(weight))
+    return total, nonzero

@@ -1,0 +1,106 @@
+"""Loading and saving Hugging Face model directories safely (safetensors, no remote code)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+from moeprune.errors import MoepruneError
+from moeprune.io_utils import sha256_files
+
+# Files a model directory holds besides weights that the next stage must keep (tokenizer, processor).
+_NOT_COPIED = {"config.json", "generation_config.json", "moeprune.json", "README.md", "model.safetensors.index.json"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The safetensors weight files of a model directory."""
+    return sorted(Path(model_dir).glob("*.safetensors"))
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """One sha256 over every safetensors shard of a model directory."""
+    return sha256_files(weight_files(model_dir))
+
+
+def check_model_dir(model_dir: str | Path, allow_pickle: bool = False) -> Path:
+    """Validate that `model_dir` is a Hugging Face model directory moeprune may load.
+
+    Raises:
+        MoepruneError: missing or empty directory, no config.json, no weights, or pickle-only weights
+            without `allow_pickle`.
+    """
+    path = Path(model_dir)
+    if not path.exists():
+        raise MoepruneError(f"model directory '{path}' does not exist; pass a Hugging Face model directory")
+    if not path.is_dir() or not any(path.iterdir()):
+        raise MoepruneError(f"model directory '{path}' is empty; pass a directory with config.json and *.safetensors")
+    if not (path / "config.json").is_file():
+        raise MoepruneError(f"'{path}' has no config.json; pass a Hugging Face model directory")
+    if weight_files(path):
+        return path
+    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+        if allow_pickle:
+            return path
+        raise MoepruneError(
+            f"'{path}' holds only pickle weights (.bin), which can run code when loaded; convert them to "
+            "safetensors, or pass --allow-pickle if you trust the source"
+        )
+    raise MoepruneError(f"'{path}' has no weight files (*.safetensors); pass a complete model directory")
+
+
+def _auto_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForImageClassification") for name in architectures):
+        return AutoModelForImageClassification
+    return AutoModelForCausalLM
+
+
+def register_own_models() -> None:
+    """Register moeprune's own model classes (the V-MoE) with the transformers Auto classes."""
+    import importlib
+
+    try:
+        importlib.import_module("moeprune.arch.vmoe")
+    except ModuleNotFoundError as exc:  # the V-MoE module is optional for causal LMs
+        if exc.name != "moeprune.arch.vmoe":
+            raise
+
+
+def load_model(model_dir: str | Path, allow_pickle: bool = False, dtype: str = "auto") -> nn.Module:
+    """Load a causal LM or image classifier from a directory, safetensors only unless `allow_pickle`.
+
+    `trust_remote_code` stays off: moeprune covers families that transformers implements.
+    """
+    from transformers import AutoConfig
+
+    register_own_models()
+
+    path = check_model_dir(model_dir, allow_pickle)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    auto = _auto_class(config)
+    model = auto.from_pretrained(
+        path, dtype=dtype, use_safetensors=not allow_pickle or bool(weight_files(path)), trust_remote_code=False
+    )
+    model.eval()
+    return model
+
+
+def copy_auxiliary_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy tokenizer / image-processor files from one model directory to another."""
+    copied = []
+    for item in Path(src).iterdir():
+        if item.is_file() and item.name not in _NOT_COPIED and not item.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(item, Path(dst) / item.name)
+            copied.append(item.name)
+    return sorted(copied)
+
+
+def save_model_dir(model: nn.Module, source_dir: str | Path, out_dir: str | Path) -> None:
+    """`save_pretrained` in safetensors, then copy the tokenizer / processor of `source_dir`."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    copy_auxiliary_files(source_dir, out_dir)

@@ -1,0 +1,150 @@
+"""Structural expert removal: slice routers and stacked experts, update every cached expert count.
+
+A stale cached count crashes `grouped_mm` or silently misroutes under `eager`, and expert ids with
+gaps are compacted on load, so removal always rewrites contiguous tensors and every count
+(../shared/STACK.md, "Removing experts").
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from moeprune.arch.adapter import MoEAdapter, MoELayer, get_adapter
+from moeprune.errors import MoepruneError
+
+_COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K_ATTRS = ("top_k", "num_experts_per_tok")
+
+
+def validate_keep_sets(adapter: MoEAdapter, keep: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Check keep-sets against the model and return them complete (every MoE layer), sorted.
+
+    Layers not named keep all their experts. Raises MoepruneError for an unknown layer, a duplicate
+    or out-of-range index, an empty set, different counts per layer, or a broken group constraint.
+    """
+    moe = set(adapter.moe_indices)
+    unknown = sorted(set(keep) - moe)
+    if unknown:
+        raise MoepruneError(f"keep-set names layer(s) {unknown} that are not MoE layers; MoE layers: {sorted(moe)}")
+    complete = {}
+    for layer in adapter.layers:
+        indices = [int(i) for i in keep.get(layer.index, range(layer.num_experts))]
+        if len(set(indices)) != len(indices):
+            raise MoepruneError(f"layer {layer.index}: duplicate expert indices in keep-set {indices}")
+        bad = [i for i in indices if not 0 <= i < layer.num_experts]
+        if bad:
+            raise MoepruneError(
+                f"layer {layer.index}: expert indices {bad} out of range [0, {layer.num_experts - 1}]"
+            )
+        if not indices:
+            raise MoepruneError(f"layer {layer.index}: empty keep-set; keep at least one expert")
+        complete[layer.index] = sorted(indices)
+    counts = {len(v) for v in complete.values()}
+    if len(counts) > 1:
+        per_layer = {i: len(v) for i, v in complete.items()}
+        raise MoepruneError(
+            f"keep-sets have different sizes per layer {per_layer}; stock transformers needs one expert count "
+            "for every layer, so keep the same number in each layer"
+        )
+    if adapter.family.group_routing(adapter.config):
+        for layer in adapter.layers:
+            _check_groups(adapter, layer, complete[layer.index])
+    return complete
+
+
+def _check_groups(adapter: MoEAdapter, layer: MoELayer, kept: list[int]) -> None:
+    config = adapter.config
+    n_group = int(getattr(config, "n_group", 1) or 1)
+    size = layer.num_experts // n_group
+    per_group = [sum(1 for i in kept if i // size == g) for g in range(n_group)]
+    if len(set(per_group)) != 1:
+        raise MoepruneError(
+            f"layer {layer.index}: {adapter.family.name} routes by groups of {size} experts (n_group={n_group}); "
+            f"the keep-set keeps {per_group} per group, but must keep the same number in every group"
+        )
+    if per_group[0] < adapter.family.min_per_group:
+        raise MoepruneError(
+            f"layer {layer.index}: {adapter.family.name} needs at least {adapter.family.min_per_group} kept "
+            f"experts per group, the keep-set keeps {per_group[0]}"
+        )
+    reachable = per_group[0] * int(getattr(config, "topk_group", n_group) or n_group)
+    if min(layer.top_k, len(kept)) > reachable:
+        raise MoepruneError(
+            f"layer {layer.index}: top_k={layer.top_k} but only {reachable} experts are reachable in "
+            f"topk_group={config.topk_group} groups of {per_group[0]}; keep more experts per group"
+        )
+
+
+def _slice_rows(module: nn.Module, name: str, index: torch.Tensor, old_count: int, dim: int = 0) -> None:
+    tensor = getattr(module, name, None)
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() <= dim or tensor.shape[dim] != old_count:
+        return
+    sliced = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    if isinstance(tensor, nn.Parameter):
+        setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
+    else:
+        module._buffers[name] = sliced
+
+
+def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
+    old = layer.num_experts
+    index = torch.tensor(kept, dtype=torch.long)
+    for name in [n for n, _ in layer.experts.named_parameters(recurse=False)]:
+        _slice_rows(layer.experts, name, index, old)
+    for name in [n for n, _ in layer.experts.named_buffers(recurse=False)]:
+        _slice_rows(layer.experts, name, index, old)
+    for module in layer.router.modules():
+        for name in [*module._parameters, *module._buffers]:
+            # Ernie keeps its correction bias as [1, E]; every other router tensor is [E, ...].
+            dim = 1 if name == "e_score_correction_bias" and getattr(module, name).dim() == 2 else 0
+            _slice_rows(module, name, index, old, dim)
+    new = len(kept)
+    for module in layer.block.modules():
+        for attr in _COUNT_ATTRS:
+            if getattr(module, attr, None) == old and not isinstance(getattr(module, attr), torch.Tensor):
+                setattr(module, attr, new)
+        if isinstance(module, nn.Linear) and module.out_features == old and module is layer.router:
+            module.out_features = new
+
+
+def _clamp_top_k(model: nn.Module, config, new_count: int) -> None:
+    top_k = getattr(config, "num_experts_per_tok", None)
+    if top_k is not None and top_k > new_count:
+        warnings.warn(
+            f"top_k={top_k} is larger than the {new_count} kept experts; top_k becomes {new_count}",
+            stacklevel=3,
+        )
+        config.num_experts_per_tok = new_count
+    for module in model.modules():
+        for attr in _TOP_K_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > new_count:
+                setattr(module, attr, new_count)
+
+
+def remove_experts(model: nn.Module, keep: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Remove every expert not in `keep` (layer index -> expert indices), in place.
+
+    Slices dimension 0 of every stacked expert tensor and the router rows/biases with sorted keep
+    indices, updates the config's count field(s) and every cached count, clamps top_k (warning).
+
+    Returns:
+        The complete, sorted keep-sets that were applied (every MoE layer).
+    """
+    adapter = get_adapter(model)
+    complete = validate_keep_sets(adapter, keep)
+    old_counts = {layer.num_experts for layer in adapter.layers}
+    for layer in adapter.layers:
+        _remove_in_layer(layer, complete[layer.index])
+    new_count = len(next(iter(complete.values())))
+    config = model.config
+    for field in adapter.family.count_fields:
+        setattr(config, field, new_count)
+    for attr in _COUNT_ATTRS:
+        if getattr(model, attr, None) in old_counts:
+            setattr(model, attr, new_count)
+    _clamp_top_k(model, config, new_count)
+    return complete

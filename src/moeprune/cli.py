@@ -1,0 +1,238 @@
+"""`moeprune`: one subcommand per pipeline stage (DESIGN.md, "The pipeline and its stage contract").
+
+Each command parses its flags and calls `moeprune.stages.<stage>.run(...)`; nothing else lives here.
+"""
+
+from __future__ import annotations
+
+from moeprune.env import apply_offline_defaults
+
+apply_offline_defaults()  # before transformers, datasets, mlflow, prefect or dvc are imported
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+
+from moeprune.errors import MoepruneError  # noqa: E402
+
+app = typer.Typer(
+    name="moeprune",
+    help="Prune Mixture-of-Experts models and keep the record of every pruned version.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+NOT_BUILT_EXIT = 2
+
+
+def _call(stage: str, **kwargs: Any) -> Any:
+    """Run `moeprune.stages.<stage>.run(**kwargs)`, turning user errors into one line and exit 1."""
+    try:
+        module = importlib.import_module(f"moeprune.stages.{stage}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"moeprune.stages.{stage}":
+            raise
+        typer.echo(f"moeprune: the '{stage}' stage is not built yet", err=True)
+        raise typer.Exit(NOT_BUILT_EXIT) from None
+    try:
+        return module.run(**kwargs)
+    except MoepruneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Hugging Face model directory.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output path (written atomically).")]
+PickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights. Pickle can run code: trusted files only.")
+]
+
+
+class TestbedKind(str, Enum):
+    lm = "lm"
+    vision = "vision"
+
+
+@app.command()
+def inspect(
+    model: ModelOpt,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Show family, MoE layers, experts, top_k, gate, shared experts and parameter counts."""
+    _call("inspect", model=model, as_json=json_output, allow_pickle=allow_pickle)
+
+
+@app.command()
+def testbed(
+    kind: Annotated[TestbedKind, typer.Argument(help="lm (GSM8K-style word problems) or vision (digits V-MoE).")],
+    out: OutOpt,
+    family: Annotated[str, typer.Option(help="LM family: mixtral, qwen3_moe, olmoe, deepseek_v3.")] = "mixtral",
+    seed: int = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny models trained for seconds (tests).")] = False,
+) -> None:
+    """Build the embedded testbed: a pretrained and a fine-tuned MoE model plus their data."""
+    _call("testbed", kind=kind.value, out=out, family=family, seed=seed, quick=quick)
+
+
+@app.command()
+def calibrate(
+    model: ModelOpt,
+    source: Annotated[str, typer.Option(help="gsm8k-local:PATH, text:PATH, imagefolder:DIR or hf:NAME[:SPLIT].")],
+    samples: Annotated[int, typer.Option(help="Number of calibration samples.")],
+    out: OutOpt,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sample (ignored for images).")] = 128,
+    seed: int = 0,
+) -> None:
+    """Draw calibration samples (tokens or images) into a safetensors file with a JSON sidecar."""
+    _call("calibrate", model=model, source=source, samples=samples, seq_len=seq_len, out=out, seed=seed)
+
+
+@app.command()
+def profile(
+    model: ModelOpt,
+    calib: Annotated[Path, typer.Option(help="Calibration file from `moeprune calibrate`.")],
+    out: OutOpt,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    streaming: Annotated[bool, typer.Option("--streaming", help="One decoder layer in memory at a time.")] = False,
+) -> None:
+    """Record routing and activation statistics of every MoE layer on the calibration data."""
+    _call("profile", model=model, calib=calib, out=out, batch_size=batch_size, streaming=streaming)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--option wants KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+@app.command()
+def score(
+    model: ModelOpt,
+    method: Annotated[str, typer.Option(help="router-change, router-change-diff, frequency, soft-frequency, reap, naee, stun, random.")],
+    expert_sparsity: Annotated[float, typer.Option("--expert-sparsity", help="Fraction of routed experts to remove per layer.")],
+    out: OutOpt,
+    profile: Annotated[Path | None, typer.Option(help="Profile directory (frequency, soft-frequency, reap, stun with lambda2).")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Pretrained checkpoint (router-change).")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Calibration file (naee).")] = None,
+    seed: int = 0,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Method option KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Score every routed expert and choose the keep-set of each MoE layer."""
+    _call(
+        "score", model=model, method=method, expert_sparsity=expert_sparsity, out=out, profile=profile,
+        reference=reference, calib=calib, seed=seed, options=_parse_options(option or []),
+    )
+
+
+@app.command("prune-experts")
+def prune_experts(
+    model: ModelOpt,
+    scores: Annotated[Path, typer.Option(help="Scores file from `moeprune score` (or written by hand).")],
+    out: OutOpt,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Remove the experts a scores file does not keep; the result loads with stock transformers."""
+    result = _call("prune_experts", model=model, scores=scores, out=out, allow_pickle=allow_pickle)
+    typer.echo(f"{out}: {result['experts_before']} -> {result['experts_after']} experts per MoE layer")
+
+
+@app.command("prune-unstructured")
+def prune_unstructured(
+    model: ModelOpt,
+    method: Annotated[str, typer.Option(help="magnitude, wanda, sparsegpt, or none (copy).")],
+    out: OutOpt,
+    sparsity: Annotated[float | None, typer.Option(help="Unstructured sparsity of the targeted weights.")] = None,
+    total_sparsity: Annotated[float | None, typer.Option("--total-sparsity", help="Reach this total sparsity vs the base.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Calibration file (wanda, sparsegpt, owl).")] = None,
+    owl: Annotated[bool, typer.Option("--owl", help="OWL outlier-weighted per-layer sparsity.")] = False,
+    nm: Annotated[str | None, typer.Option("--nm", help="N:M pattern, e.g. 2:4.")] = None,
+    targets: Annotated[str, typer.Option(help="all or experts.")] = "all",
+    calibrate_all_experts: Annotated[bool, typer.Option("--calibrate-all-experts")] = False,
+    streaming: Annotated[bool, typer.Option("--streaming")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+) -> None:
+    """Zero individual weights layer by layer (expert-aware Wanda / SparseGPT, OWL, N:M)."""
+    _call(
+        "prune_unstructured", model=model, method=method, out=out, sparsity=sparsity, total_sparsity=total_sparsity,
+        calib=calib, owl=owl, nm=nm, targets=targets, calibrate_all_experts=calibrate_all_experts,
+        streaming=streaming, batch_size=batch_size,
+    )
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt,
+    task: Annotated[str, typer.Option(help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR (comma-separated).")],
+    out: OutOpt,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+) -> None:
+    """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
+    _call("evaluate", model=model, task=task, out=out, limit=limit, batch_size=batch_size)
+
+
+@app.command()
+def register(
+    model: ModelOpt,
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON from `moeprune evaluate`.")],
+    params: Annotated[Path | None, typer.Option(help="params.yaml (registry settings).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
+) -> None:
+    """Register a model directory as an MLflow model version with its metrics and lineage."""
+    _call("register", model=model, metrics=metrics, params=params, tracking_uri=tracking_uri)
+
+
+@app.command()
+def promote(
+    params: Annotated[Path | None, typer.Option(help="params.yaml (promotion policy).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision, change nothing.")] = False,
+) -> None:
+    """Move the `champion` alias to the best version that passes the promotion policy."""
+    _call("promote", params=params, tracking_uri=tracking_uri, dry_run=dry_run)
+
+
+@app.command()
+def sweep(
+    params: Annotated[Path | None, typer.Option(help="params.yaml (sweep grid).")] = None,
+    dask_address: Annotated[str | None, typer.Option("--dask-address", help="Run on this Dask cluster.")] = None,
+) -> None:
+    """Run the sweep grid as DVC experiments through a Prefect flow."""
+    _call("sweep", params=params, dask_address=dask_address)
+
+
+@app.command()
+def serve(params: Annotated[Path | None, typer.Option(help="params.yaml (schedules).")] = None) -> None:
+    """Serve the Prefect deployments (nightly sweep, promotion) with their cron schedules."""
+    _call("serve", params=params)
+
+
+@app.command()
+def report(out: OutOpt, params: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Write the results report (tables and plots) from the registry."""
+    _call("report", out=out, params=params)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

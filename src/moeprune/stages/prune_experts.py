@@ -1,0 +1,93 @@
+"""Stage `prune-experts`: remove the experts a scores file does not keep, save a stock-loadable model."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch import get_adapter, load_model, remove_experts, save_model_dir
+from moeprune.errors import MoepruneError
+from moeprune.io_utils import atomic_dir
+from moeprune.lineage import build_lineage, write_lineage, write_model_card
+
+
+def read_scores(path: str | Path) -> dict[str, Any]:
+    """Read and check a scores file: `{"method", "expert_sparsity", "layers": {"<l>": {"scores", "keep"}}}`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MoepruneError(f"scores file '{path}' does not exist; write it with `moeprune score`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MoepruneError(f"scores file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    missing = [key for key in ("method", "expert_sparsity", "layers") if key not in data]
+    if missing or not isinstance(data.get("layers"), dict) or not data["layers"]:
+        raise MoepruneError(f"scores file '{path}' lacks {missing or ['layers']}; see the schema in DESIGN.md")
+    for layer, entry in data["layers"].items():
+        if not str(layer).lstrip("-").isdigit():
+            raise MoepruneError(f"scores file '{path}': layer key '{layer}' is not a layer index")
+        if not isinstance(entry, dict) or not isinstance(entry.get("keep"), list):
+            raise MoepruneError(f"scores file '{path}': layer {layer} has no 'keep' list")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in entry["keep"]):
+            raise MoepruneError(f"scores file '{path}': layer {layer} 'keep' must hold integer expert indices")
+    return data
+
+
+def _keep_map(scores: dict[str, Any], adapter) -> dict[int, list[int]]:
+    keep = {int(layer): entry["keep"] for layer, entry in scores["layers"].items()}
+    for layer in adapter.layers:
+        given = scores["layers"].get(str(layer.index), {}).get("scores")
+        if given is not None and len(given) != layer.num_experts:
+            raise MoepruneError(
+                f"scores file: layer {layer.index} has {len(given)} scores but the model has {layer.num_experts} experts"
+            )
+    missing = sorted(set(adapter.moe_indices) - set(keep))
+    if missing:
+        raise MoepruneError(f"scores file has no keep-set for MoE layer(s) {missing}; score every MoE layer")
+    return keep
+
+
+def run(model: Path, scores: Path, out: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """Remove experts per the scores file and write the pruned model directory `out` (atomically)."""
+    start = time.perf_counter()
+    data = read_scores(scores)
+    net = load_model(model, allow_pickle=allow_pickle)
+    adapter = get_adapter(net)
+    keep = _keep_map(data, adapter)
+    record = build_lineage(
+        stage="prune-experts",
+        params={"method": data["method"], "expert_sparsity": data["expert_sparsity"]},
+        parent=model,
+        parent_model=net,
+        scores=scores,
+    )
+    before = adapter.layers[0].num_experts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        applied = remove_experts(net, keep)
+    notes = [str(w.message) for w in caught]
+    after = len(next(iter(applied.values())))
+    record["params"]["keep"] = {str(k): v for k, v in applied.items()}
+    record["notes"] = notes
+    with atomic_dir(out) as tmp:
+        save_model_dir(net, model, tmp)
+        write_lineage(tmp, record)
+        write_model_card(tmp, record, _card_summary(data, adapter, before, after, notes))
+    return {"out": str(out), "experts_before": before, "experts_after": after, "notes": notes,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _card_summary(data: dict[str, Any], adapter, before: int, after: int, notes: list[str]) -> list[str]:
+    summary = [
+        f"Expert pruning with `{data['method']}`: {before} -> {after} routed experts in each of "
+        f"{len(adapter.layers)} MoE layers (expert sparsity {1 - after / before:.2f}).",
+    ]
+    if not adapter.renormalises:
+        summary.append(
+            f"Note: the {adapter.family.name} gate does not renormalise over the chosen experts, so outputs "
+            "shift slightly even for tokens that never used a removed expert (the softmax loses terms)."
+        )
+    return summary + [f"Warning: {note}" for note in notes]

@@ -1,0 +1,104 @@
+"""Tiny random MoE models of every covered family, for tests and benchmarks (CPU, seconds)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_COMMON = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict]:
+    moe = dict(num_experts_per_tok=top_k)
+    specs = {
+        "mixtral": ("MixtralConfig", dict(intermediate_size=48, num_local_experts=num_experts)),
+        "qwen2_moe": (
+            "Qwen2MoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_experts=num_experts,
+                norm_topk_prob=True,
+            ),
+        ),
+        "qwen3_moe": (
+            "Qwen3MoeConfig",
+            dict(intermediate_size=64, moe_intermediate_size=24, num_experts=num_experts, norm_topk_prob=True, head_dim=8),
+        ),
+        "olmoe": ("OlmoeConfig", dict(intermediate_size=24, num_experts=num_experts, norm_topk_prob=True)),
+        "deepseek_v2": (
+            "DeepseekV2Config",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                n_routed_experts=num_experts,
+                n_shared_experts=1,
+                first_k_dense_replace=0,
+                n_group=2,
+                topk_group=1,
+                topk_method="group_limited_greedy",
+                kv_lora_rank=16,
+                q_lora_rank=None,
+                qk_rope_head_dim=4,
+                qk_nope_head_dim=4,
+                v_head_dim=8,
+                num_key_value_heads=4,
+            ),
+        ),
+        "deepseek_v3": (
+            "DeepseekV3Config",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                n_routed_experts=num_experts,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                num_hidden_layers=3,
+                n_group=2,
+                topk_group=2,
+                norm_topk_prob=True,
+                kv_lora_rank=16,
+                q_lora_rank=None,
+                qk_rope_head_dim=4,
+                qk_nope_head_dim=4,
+                v_head_dim=8,
+                num_key_value_heads=4,
+            ),
+        ),
+        "phimoe": ("PhimoeConfig", dict(intermediate_size=48, num_local_experts=num_experts)),
+    }
+    if family not in specs:
+        raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
+    name, extra = specs[family]
+    return name, {**_COMMON, **moe, **extra}
+
+
+def tiny_moe_model(family: str = "mixtral", num_experts: int = 8, top_k: int = 2, seed: int = 0, **overrides) -> nn.Module:
+    """A randomly initialised tiny causal LM of `family` (eval mode, float32, eager experts)."""
+    import transformers
+
+    config_name, kwargs = _family_kwargs(family, num_experts, top_k)
+    kwargs.update(overrides)
+    config = getattr(transformers, config_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random routers so routing is non-trivial (some families init them to zero)
+        for name, param in model.named_parameters():
+            if name.endswith(("gate.weight", "router.weight")) and param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+FAMILIES_WITH_TINY_MODELS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe")

@@ -1,0 +1,182 @@
+"""Expert removal round trip: remove, save, reload with stock transformers in a process without moeprune."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moeprune.arch import get_adapter, remove_experts, validate_keep_sets
+from moeprune.errors import MoepruneError
+from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
+
+KEEP = 4
+
+# Runs in a fresh interpreter that never imports moeprune: stock Auto classes only.
+RELOAD_SCRIPT = r"""
+import json, sys, torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+jobs = json.loads(sys.argv[1])
+for job in jobs:
+    model = AutoModelForCausalLM.from_pretrained(job["dir"], use_safetensors=True).eval()
+    assert "moeprune" not in sys.modules
+    with torch.no_grad():
+        logits = model(torch.tensor([job["ids"]])).logits[0]
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors["__logits__"] = logits
+    save_file(tensors, job["dir"] + "/../reloaded.safetensors")
+    json.dump(model.config.to_dict(), open(job["dir"] + "/../reloaded_config.json", "w"))
+"""
+
+
+def _routing(model, ids: list[int]) -> dict[int, set[int]]:
+    """Experts used in each MoE layer by a token sequence."""
+    adapter = get_adapter(model)
+    used: dict[int, set[int]] = {}
+    hooks = [
+        layer.router.register_forward_hook(
+            lambda _m, _i, out, index=layer.index: used.setdefault(index, set()).update(out[2].flatten().tolist())
+        )
+        for layer in adapter.layers
+    ]
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for hook in hooks:
+        hook.remove()
+    return used
+
+
+def _keep_sets_for(model, family: str) -> tuple[list[int], dict[int, list[int]]]:
+    """A token sequence and keep-sets of size KEEP that hold every expert the sequence uses."""
+    adapter = get_adapter(model)
+    n_group = getattr(model.config, "n_group", 1) if adapter.family.group_routing(model.config) else 1
+    size = adapter.layers[0].num_experts // n_group
+    quota = KEEP // n_group
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        ids = torch.randint(3, 128, (3,), generator=generator).tolist()
+        used = _routing(model, ids)
+        keep = {}
+        for layer, experts in used.items():
+            groups = [[e for e in sorted(experts) if e // size == g] for g in range(n_group)]
+            if any(len(g) > quota for g in groups):
+                break
+            for g, members in enumerate(groups):
+                spare = [e for e in range(g * size, (g + 1) * size) if e not in members]
+                members.extend(spare[: quota - len(members)])
+            keep[layer] = sorted(e for g in groups for e in g)
+        else:
+            return ids, keep
+    raise AssertionError(f"no token sequence found whose routing fits {KEEP} experts for {family}")
+
+
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Prune every family, save, then reload all of them in ONE stock-transformers subprocess."""
+    cases, jobs = {}, []
+    for family in FAMILIES_WITH_TINY_MODELS:
+        model = tiny_moe_model(family)
+        ids, keep = _keep_sets_for(model, family)
+        original = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            original_logits = model(torch.tensor([ids])).logits[0]
+        remove_experts(model, keep)
+        root = tmp_path_factory.mktemp(family)
+        model.save_pretrained(root / "model")
+        cases[family] = dict(root=root, ids=ids, keep=keep, original=original, logits=original_logits, model=model)
+        jobs.append({"dir": str(root / "model"), "ids": ids})
+    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps(jobs)], check=True, timeout=300)
+    return cases
+
+
+@pytest.mark.parametrize("family", FAMILIES_WITH_TINY_MODELS)
+def test_reload_matches_keep_set(reloaded, family):
+    case = reloaded[family]
+    state = load_file(case["root"] / "reloaded.safetensors")
+    config = json.loads((case["root"] / "reloaded_config.json").read_text())
+    adapter = get_adapter(case["model"])
+    counts = [config[f] for f in adapter.family.count_fields if f in config]
+    assert counts and set(counts) == {KEEP}
+    for layer in adapter.layers:
+        keep = torch.tensor(case["keep"][layer.index])
+        router_key = f"{layer.path}.{adapter.family.router_attr}.weight"
+        assert torch.equal(state[router_key], case["original"][router_key][keep])
+        for name in ("gate_up_proj", "down_proj"):
+            key = f"{layer.path}.experts.{name}"
+            assert state[key].shape[0] == KEEP
+            assert torch.equal(state[key], case["original"][key][keep])
+        bias_key = f"{layer.path}.gate.e_score_correction_bias"
+        if bias_key in case["original"]:
+            assert torch.equal(state[bias_key], case["original"][bias_key][keep])
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"])
+def test_renormalising_gate_keeps_logits(reloaded, family):
+    case = reloaded[family]
+    assert get_adapter(case["model"]).renormalises
+    logits = load_file(case["root"] / "reloaded.safetensors")["__logits__"]
+    torch.testing.assert_close(logits, case["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_is_clamped_with_warning():
+    model = tiny_moe_model("mixtral", num_experts=4, top_k=2)
+    with pytest.warns(UserWarning, match="top_k=2"):
+        remove_experts(model, {0: [1], 1: [2]})
+    assert model.config.num_experts_per_tok == 1
+    assert get_adapter(model).layers[0].top_k == 1
+    model(torch.tensor([[5, 6, 7]]))
+
+
+@pytest.mark.parametrize(
+    "keep, message",
+    [
+        ({0: [0, 0, 1, 2], 1: [0, 1, 2, 3]}, "duplicate"),
+        ({0: [0, 1, 2, 9], 1: [0, 1, 2, 3]}, "out of range"),
+        ({7: [0, 1, 2, 3]}, "not MoE layers"),
+        ({0: [0, 1, 2], 1: [0, 1, 2, 3]}, "different sizes"),
+        ({0: [], 1: []}, "empty"),
+    ],
+)
+def test_bad_keep_sets(keep, message):
+    model = tiny_moe_model("mixtral")
+    with pytest.raises(MoepruneError, match=message):
+        validate_keep_sets(get_adapter(model), keep)
+
+
+def test_deepseek_group_constraint():
+    model = tiny_moe_model("deepseek_v3")
+    adapter = get_adapter(model)
+    with pytest.raises(MoepruneError, match="same number in every group"):
+        validate_keep_sets(adapter, {1: [0, 1, 2, 4], 2: [0, 1, 2, 4]})
+    with pytest.raises(MoepruneError, match="at least 2"):
+        validate_keep_sets(adapter, {1: [0, 4], 2: [0, 4]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert validate_keep_sets(adapter, {1: [0, 1, 4, 5], 2: [2, 3, 6, 7]})[2] == [2, 3, 6, 7]
+
+
+def test_run_expert_matches_stacked_forward():
+    model = tiny_moe_model("qwen2_moe")
+    layer = get_adapter(model).layers[0]
+    hidden = torch.randn(6, model.config.hidden_size)
+    _, weights, index = layer.route(hidden)
+    with torch.no_grad():
+        fused = layer.experts(hidden, index, weights)
+        manual = torch.zeros_like(hidden)
+        for t in range(hidden.shape[0]):
+            for j in range(index.shape[1]):
+                manual[t] += weights[t, j] * layer.run_expert(int(index[t, j]), hidden[t : t + 1])[0]
+    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_non_moe_model_is_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    with pytest.raises(MoepruneError, match="no MoE layer found"):
+        get_adapter(LlamaForCausalLM(config))
