@@ -176,7 +176,13 @@ def test_run_expert_matches_stacked_forward():
 def test_non_moe_model_is_refused():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     with pytest.raises(MoepruneError, match="no MoE layer found"):
         get_adapter(LlamaForCausalLM(config))

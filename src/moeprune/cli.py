@@ -11,7 +11,7 @@ apply_offline_defaults()  # before transformers, datasets, mlflow, prefect or dv
 
 import importlib  # noqa: E402
 import sys  # noqa: E402
-from enum import Enum  # noqa: E402
+from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any  # noqa: E402
 
@@ -49,11 +49,12 @@ def _call(stage: str, **kwargs: Any) -> Any:
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Hugging Face model directory.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output path (written atomically).")]
 PickleOpt = Annotated[
-    bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights. Pickle can run code: trusted files only.")
+    bool,
+    typer.Option("--allow-pickle", help="Also load pickle (.bin) weights. Pickle can run code: trusted files only."),
 ]
 
 
-class TestbedKind(str, Enum):
+class TestbedKind(StrEnum):
     lm = "lm"
     vision = "vision"
 
@@ -121,10 +122,17 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def score(
     model: ModelOpt,
-    method: Annotated[str, typer.Option(help="router-change, router-change-diff, frequency, soft-frequency, reap, naee, stun, random.")],
-    expert_sparsity: Annotated[float, typer.Option("--expert-sparsity", help="Fraction of routed experts to remove per layer.")],
+    method: Annotated[
+        str,
+        typer.Option(help="router-change, router-change-diff, frequency, soft-frequency, reap, naee, stun, random."),
+    ],
+    expert_sparsity: Annotated[
+        float, typer.Option("--expert-sparsity", help="Fraction of routed experts to remove per layer.")
+    ],
     out: OutOpt,
-    profile: Annotated[Path | None, typer.Option(help="Profile directory (frequency, soft-frequency, reap, stun with lambda2).")] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="Profile directory (frequency, soft-frequency, reap, stun with lambda2).")
+    ] = None,
     reference: Annotated[Path | None, typer.Option(help="Pretrained checkpoint (router-change).")] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration file (naee).")] = None,
     seed: int = 0,
@@ -132,8 +140,16 @@ def score(
 ) -> None:
     """Score every routed expert and choose the keep-set of each MoE layer."""
     _call(
-        "score", model=model, method=method, expert_sparsity=expert_sparsity, out=out, profile=profile,
-        reference=reference, calib=calib, seed=seed, options=_parse_options(option or []),
+        "score",
+        model=model,
+        method=method,
+        expert_sparsity=expert_sparsity,
+        out=out,
+        profile=profile,
+        reference=reference,
+        calib=calib,
+        seed=seed,
+        options=_parse_options(option or []),
     )
 
 
@@ -155,7 +171,9 @@ def prune_unstructured(
     method: Annotated[str, typer.Option(help="magnitude, wanda, sparsegpt, or none (copy).")],
     out: OutOpt,
     sparsity: Annotated[float | None, typer.Option(help="Unstructured sparsity of the targeted weights.")] = None,
-    total_sparsity: Annotated[float | None, typer.Option("--total-sparsity", help="Reach this total sparsity vs the base.")] = None,
+    total_sparsity: Annotated[
+        float | None, typer.Option("--total-sparsity", help="Reach this total sparsity vs the base.")
+    ] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration file (wanda, sparsegpt, owl).")] = None,
     owl: Annotated[bool, typer.Option("--owl", help="OWL outlier-weighted per-layer sparsity.")] = False,
     nm: Annotated[str | None, typer.Option("--nm", help="N:M pattern, e.g. 2:4.")] = None,
@@ -166,16 +184,28 @@ def prune_unstructured(
 ) -> None:
     """Zero individual weights layer by layer (expert-aware Wanda / SparseGPT, OWL, N:M)."""
     _call(
-        "prune_unstructured", model=model, method=method, out=out, sparsity=sparsity, total_sparsity=total_sparsity,
-        calib=calib, owl=owl, nm=nm, targets=targets, calibrate_all_experts=calibrate_all_experts,
-        streaming=streaming, batch_size=batch_size,
+        "prune_unstructured",
+        model=model,
+        method=method,
+        out=out,
+        sparsity=sparsity,
+        total_sparsity=total_sparsity,
+        calib=calib,
+        owl=owl,
+        nm=nm,
+        targets=targets,
+        calibrate_all_experts=calibrate_all_experts,
+        streaming=streaming,
+        batch_size=batch_size,
     )
 
 
 @app.command()
 def evaluate(
     model: ModelOpt,
-    task: Annotated[str, typer.Option(help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR (comma-separated).")],
+    task: Annotated[
+        str, typer.Option(help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR (comma-separated).")
+    ],
     out: OutOpt,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,

@@ -35,7 +35,9 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
         ),
         "qwen3_moe": (
             "Qwen3MoeConfig",
-            dict(intermediate_size=64, moe_intermediate_size=24, num_experts=num_experts, norm_topk_prob=True, head_dim=8),
+            dict(
+                intermediate_size=64, moe_intermediate_size=24, num_experts=num_experts, norm_topk_prob=True, head_dim=8
+            ),
         ),
         "olmoe": ("OlmoeConfig", dict(intermediate_size=24, num_experts=num_experts, norm_topk_prob=True)),
         "deepseek_v2": (
@@ -85,7 +87,9 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
     return name, {**_COMMON, **moe, **extra}
 
 
-def tiny_moe_model(family: str = "mixtral", num_experts: int = 8, top_k: int = 2, seed: int = 0, **overrides) -> nn.Module:
+def tiny_moe_model(
+    family: str = "mixtral", num_experts: int = 8, top_k: int = 2, seed: int = 0, **overrides
+) -> nn.Module:
     """A randomly initialised tiny causal LM of `family` (eval mode, float32, eager experts)."""
     import transformers
 

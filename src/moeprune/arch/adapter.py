@@ -28,7 +28,9 @@ def _is_stacked_experts(module: nn.Module) -> bool:
     up = getattr(module, "gate_up_proj", None)
     if up is None:
         up = getattr(module, "up_proj", None)
-    return isinstance(up, torch.Tensor) and up.dim() == 3 and isinstance(getattr(module, "down_proj", None), torch.Tensor)
+    return (
+        isinstance(up, torch.Tensor) and up.dim() == 3 and isinstance(getattr(module, "down_proj", None), torch.Tensor)
+    )
 
 
 @dataclass
@@ -169,9 +171,7 @@ class MoEAdapter:
             )
         family = get_family(model_type)
         if family is None:
-            raise MoepruneError(
-                f"MoE family '{model_type}' is not covered yet; covered families: {covered_families()}"
-            )
+            raise MoepruneError(f"MoE family '{model_type}' is not covered yet; covered families: {covered_families()}")
         self.family = family
         for layer in self.layers:
             layer.family = family

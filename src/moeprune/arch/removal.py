@@ -36,9 +36,7 @@ def validate_keep_sets(adapter: MoEAdapter, keep: dict[int, list[int]]) -> dict[
             raise MoepruneError(f"layer {layer.index}: duplicate expert indices in keep-set {indices}")
         bad = [i for i in indices if not 0 <= i < layer.num_experts]
         if bad:
-            raise MoepruneError(
-                f"layer {layer.index}: expert indices {bad} out of range [0, {layer.num_experts - 1}]"
-            )
+            raise MoepruneError(f"layer {layer.index}: expert indices {bad} out of range [0, {layer.num_experts - 1}]")
         if not indices:
             raise MoepruneError(f"layer {layer.index}: empty keep-set; keep at least one expert")
         complete[layer.index] = sorted(indices)

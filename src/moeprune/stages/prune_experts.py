@@ -42,7 +42,8 @@ def _keep_map(scores: dict[str, Any], adapter) -> dict[int, list[int]]:
         given = scores["layers"].get(str(layer.index), {}).get("scores")
         if given is not None and len(given) != layer.num_experts:
             raise MoepruneError(
-                f"scores file: layer {layer.index} has {len(given)} scores but the model has {layer.num_experts} experts"
+                f"scores file: layer {layer.index} has {len(given)} scores "
+                f"but the model has {layer.num_experts} experts"
             )
     missing = sorted(set(adapter.moe_indices) - set(keep))
     if missing:
@@ -76,8 +77,13 @@ def run(model: Path, scores: Path, out: Path, allow_pickle: bool = False) -> dic
         save_model_dir(net, model, tmp)
         write_lineage(tmp, record)
         write_model_card(tmp, record, _card_summary(data, adapter, before, after, notes))
-    return {"out": str(out), "experts_before": before, "experts_after": after, "notes": notes,
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "out": str(out),
+        "experts_before": before,
+        "experts_after": after,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _card_summary(data: dict[str, Any], adapter, before: int, after: int, notes: list[str]) -> list[str]:
