@@ -19,6 +19,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; outputs are shared (DVC cache, other users)
     try:
         yield tmp
     except BaseException:
@@ -49,6 +50,7 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    tmp.chmod(0o644)  # mkstemp makes it private
     os.replace(tmp, out)
 
 

@@ -1,0 +1,54 @@
+"""`moeprune evaluate`: task metrics + sparsity accounting of one model, as one flat JSON file.
+
+    moeprune evaluate --model D --task gsm8k-local:data/test.jsonl --limit 200 --out metrics.json
+
+The JSON holds `task`, `model`, the task metrics (`gsm8k.exact_match_strict`, `perplexity`,
+`imagenet.top1`, ...), the sparsity figures of ALGORITHMS.md (`expert_sparsity`, `weight_sparsity`,
+`total_sparsity`, `params`, `nonzero_params`, `active_params_per_token`, `size_bytes`,
+`experts_per_layer`, ...) and `seconds` (wall time of the whole stage). `--task` may list several
+tasks separated by commas; their metrics are merged. Tasks and paths are checked before anything
+runs, and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch.loading import check_model_dir
+from moeprune.errors import MoepruneError
+from moeprune.evaluation.efficiency import sparsity_figures
+from moeprune.evaluation.tasks import parse_tasks, run_tasks
+from moeprune.io_utils import write_json
+
+
+def run(model: Path, task: str, out: Path, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """Evaluate `model` on `task` and write the flat metrics JSON to `out`.
+
+    Args:
+        model: The model directory.
+        task: One task or a comma-separated list: `gsm8k`, `gsm8k-local:PATH`, `perplexity:PATH`,
+            `imagenet:DIR`.
+        out: The JSON file to write.
+        limit: Evaluate at most this many examples (problems, windows, images) per task; None: all.
+        batch_size: Batch size of the task's forward passes.
+
+    Returns:
+        The metrics written to `out`.
+
+    Raises:
+        MoepruneError: missing model, unknown task, missing task data, or a bad limit / batch size.
+    """
+    started = time.perf_counter()
+    check_model_dir(model)
+    parse_tasks(task)  # fail fast, before any model is loaded
+    if limit is not None and limit <= 0:
+        raise MoepruneError(f"--limit must be a positive number of examples (or omitted: all), got {limit}")
+    if batch_size <= 0:
+        raise MoepruneError(f"--batch-size must be positive, got {batch_size}")
+    metrics = run_tasks(Path(model), task, limit, batch_size)
+    result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model)}
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(out, result)
+    return result
