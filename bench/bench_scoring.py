@@ -1,0 +1,140 @@
+"""Scoring cost: seconds and calibration forward passes per method at E = 8, 16, 32, 64 experts.
+
+A synthetic one-layer Mixtral (hidden 64, intermediate 128, top-2) and 1,024 calibration tokens. A
+method's cost includes the forward passes it needs: frequency, soft-frequency and reap pay for the
+profiling pass, naee for its caching pass plus C(E, keep) keep-set evaluations; router-change, stun
+and random need none. Every method removes half of the experts.
+
+Targets (issue 4, part 5): the O(1) methods at least 50x cheaper than naee at E=8 keep 4, and no more
+than 2x slower per token at E=64 than at E=8.
+
+    .venv/bin/python bench/bench_scoring.py [--threads 1] [--forced-naee]   # writes bench/results/scoring.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from moeprune.arch import get_adapter
+from moeprune.errors import MoepruneError
+from moeprune.profiling import profile_model
+from moeprune.scoring import SCORERS, ScoringContext
+from moeprune.testing import tiny_moe_model
+
+RESULTS = Path(__file__).parent / "results" / "scoring.json"
+EXPERTS = (8, 16, 32, 64)
+METHODS = ("router-change", "router-change-diff", "frequency", "soft-frequency", "reap", "stun", "random", "naee")
+PROFILED = {"frequency", "soft-frequency", "reap"}
+SPARSITY = 0.5
+SAMPLES, SEQ_LEN = 16, 64
+REPEATS = 3  # best of; the machine may be shared
+FORCED_NAEE = 16  # with --forced-naee: also run naee here above its limit (C(16, 8) = 12,870 keep-sets; minutes)
+
+
+def _layer_model(num_experts: int):
+    return tiny_moe_model(
+        "mixtral", num_experts=num_experts, top_k=2, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        max_position_embeddings=SEQ_LEN,
+    )
+
+
+def _reference(model):
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in get_adapter(reference).layers:
+            layer.router_weight.mul_(0.9)
+    return reference
+
+
+def _run_once(method: str, model, reference, batches, options: dict) -> dict:
+    start = time.perf_counter()
+    profile = profile_model(model, batches) if method in PROFILED else None
+    profiled = time.perf_counter()
+    ctx = ScoringContext(model, get_adapter(model), SPARSITY, profile=profile, reference=reference,
+                         batches=batches, options=options)
+    try:
+        SCORERS.get(method)(ctx)
+    except MoepruneError as exc:
+        return {"refused": str(exc)}
+    end = time.perf_counter()
+    entry = {"seconds": end - start, "scoring_seconds": end - profiled,
+             "forward_passes": ctx.forward_passes + (1 if profile is not None else 0)}
+    if "naee" in ctx.extra:
+        entry["block_evaluations"] = ctx.extra["naee"]["block_evaluations"]
+    return entry
+
+
+def _run(method: str, model, reference, batches, options: dict | None = None, repeats: int = REPEATS) -> dict:
+    """Best of `repeats` runs: seconds including the forward passes the method needs, and scoring alone."""
+    runs = [_run_once(method, model, reference, batches, options or {}) for _ in range(repeats)]
+    if "refused" in runs[0]:
+        return runs[0]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "seconds": round(best["seconds"], 5), "scoring_seconds": round(best["scoring_seconds"], 5)}
+
+
+def _targets(results: dict) -> dict:
+    at8 = results["8"]
+    naee = at8["naee"]["seconds"]
+    cheaper = {m: round(naee / max(at8[m]["seconds"], 1e-6), 1) for m in METHODS if m != "naee"}
+    tokens = SAMPLES * SEQ_LEN
+    slowdown = {
+        m: round((results["64"][m]["seconds"] / tokens) / max(at8[m]["seconds"] / tokens, 1e-12), 2)
+        for m in METHODS
+        if "seconds" in results["64"].get(m, {})
+    }
+    return {
+        "naee_over_method_at_E8": cheaper,
+        "cheaper_than_naee_50x": {m: v >= 50 for m, v in cheaper.items()},
+        "per_token_E64_over_E8": slowdown,
+        "within_2x": {m: v <= 2 for m, v in slowdown.items()},
+    }
+
+
+def main(forced_naee: bool = False) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(3, 128, (8, SEQ_LEN), generator=generator)} for _ in range(SAMPLES // 8)]
+    results = {}
+    for num_experts in EXPERTS:
+        model = _layer_model(num_experts)
+        reference = _reference(model)
+        profile_model(model, batches[:1])  # warm-up
+        results[str(num_experts)] = {method: _run(method, model, reference, batches) for method in METHODS}
+        if forced_naee and num_experts == FORCED_NAEE:
+            results[str(num_experts)]["naee (max_combinations=20000)"] = _run(
+                "naee", model, reference, batches, {"max_combinations": 20000}, repeats=1
+            )
+        for method, entry in results[str(num_experts)].items():
+            shown = "refused (C(E, keep) above max_combinations)"
+            if "seconds" in entry:
+                shown = (f"{entry['seconds']:9.4f} s (scoring alone {entry['scoring_seconds']:9.4f} s)  "
+                         f"forward passes {entry['forward_passes']}")
+            print(f"E={num_experts:3d}  {method:30s} {shown}")
+    record = {
+        "tokens": SAMPLES * SEQ_LEN,
+        "expert_sparsity": SPARSITY,
+        "results": results,
+        "targets": _targets(results),
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+    }
+    print(json.dumps(record["targets"], indent=1))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--forced-naee", action="store_true", help=f"also run naee at E={FORCED_NAEE}")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main(args.forced_naee)

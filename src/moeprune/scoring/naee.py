@@ -1,0 +1,198 @@
+"""NAEE layer-wise expert enumeration (Lu et al., 2024, "Not All Experts are Equal", https://arxiv.org/abs/2402.14800).
+
+Per MoE layer, with the block input X cached from one calibration forward pass, every keep-set K of
+size `keep` is tried: the router sees only the experts in K (logits of the others are -inf, so they are
+never chosen and the gate is computed over K, exactly as in the pruned model), the block output Z_K is
+recomputed, and loss(K) = ||Z - Z_K||_F, accumulated in float64 over all calibration tokens. The
+argmin is kept.
+
+How the mask is applied generically: a copy of the family's own router gets only the rows (and biases,
+correction biases, cached counts) of K, so group-limited, sigmoid and sparsemixer gates all behave as
+after real removal; its indices are mapped back through K. Every covered block computes
+Z = routed mixture + a part that does not depend on routing (shared experts), so
+Z - Z_K = R - R_K with R the routed mixture; every expert's output is computed once per token and
+each K costs one router call and a weighted gather.
+
+Cost: C(E, keep) keep-sets per layer (70 for 8 choose 4, 12,870 for 16 choose 8); above
+`max_combinations` (default 5000) the method refuses. DeepSeek's group routing enumerates only the
+keep-sets with the same count in every group. Scores: score_e = the best loss reachable without e
+(higher = e matters more); the keep-set is the argmin itself.
+
+    score: {method: naee, expert_sparsity: 0.5}      # options: {max_combinations: 5000}
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from moeprune.arch import MoELayer
+from moeprune.errors import MoepruneError
+from moeprune.profiling import forward_batch
+from moeprune.scoring import SCORERS
+from moeprune.scoring.base import LayerScores, ScoringContext
+
+MAX_COMBINATIONS = 5000
+CHUNK_ELEMENTS = 1 << 24  # float64 elements of one chunk of all-expert outputs [E, t, H] (128 MiB)
+_COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K_ATTRS = ("top_k", "num_experts_per_tok")
+
+
+class SlicedRouter:
+    """A copy of a router that can be restricted to a subset K of the experts (as after removal)."""
+
+    def __init__(self, router: nn.Module, num_experts: int):
+        self.clone = copy.deepcopy(router)
+        self.num_experts = num_experts
+        self.tensors = []  # (module, name, original tensor, dim, is parameter)
+        for module in self.clone.modules():
+            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+                if tensor is None:
+                    continue
+                dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
+                if tensor.dim() > dim and tensor.shape[dim] == num_experts:
+                    self.tensors.append((module, name, tensor.detach(), dim, name in module._parameters))
+        self.top_k = [(m, a, getattr(m, a)) for m, a in self._int_attrs(_TOP_K_ATTRS, None)]
+        self.counts = [(m, a) for m, a in self._int_attrs(_COUNT_ATTRS, num_experts)]
+        self.linears = [m for m in self.clone.modules() if isinstance(m, nn.Linear) and m.out_features == num_experts]
+
+    def _int_attrs(self, names: tuple[str, ...], equal_to: int | None) -> list[tuple[nn.Module, str]]:
+        found = []
+        for module in self.clone.modules():
+            for attr in names:
+                value = getattr(module, attr, None)
+                if isinstance(value, int) and not isinstance(value, bool) and equal_to in (None, value):
+                    found.append((module, attr))
+        return found
+
+    def restrict(self, keep: Tensor) -> nn.Module:
+        """The router clone with only the experts `keep` (sorted indices); its indices are 0..len(keep)-1."""
+        count = int(keep.numel())
+        for module, name, tensor, dim, is_parameter in self.tensors:
+            sliced = tensor.index_select(dim, keep.to(tensor.device))
+            if is_parameter:
+                module._parameters[name] = nn.Parameter(sliced, requires_grad=False)
+            else:
+                module._buffers[name] = sliced
+        for module, attr in self.counts:
+            setattr(module, attr, count)
+        for module in self.linears:
+            module.out_features = count
+        for module, attr, value in self.top_k:
+            setattr(module, attr, min(value, count))
+        return self.clone
+
+
+def keep_sets(ranges: list[range], keep: int) -> list[tuple[int, ...]]:
+    """Every keep-set of size `keep` with the same count in each range (one range: all C(E, keep))."""
+    per_group = keep // len(ranges)
+    choices = [itertools.combinations(members, per_group) for members in ranges]
+    return [tuple(sorted(itertools.chain.from_iterable(parts))) for parts in itertools.product(*choices)]
+
+
+def count_keep_sets(ranges: list[range], keep: int) -> int:
+    """Number of keep-sets `keep_sets` would enumerate."""
+    per_group = keep // len(ranges)
+    return math.prod(math.comb(len(members), per_group) for members in ranges)
+
+
+def cache_block_inputs(model: nn.Module, layers: list[MoELayer], batches: list[dict[str, Tensor]]) -> dict[int, Tensor]:
+    """One calibration forward pass; the input `[T, H]` of every MoE block (on CPU)."""
+    cached: dict[int, list[Tensor]] = {layer.index: [] for layer in layers}
+
+    def hook_for(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cached[index].append(hidden.detach().reshape(-1, hidden.shape[-1]).cpu())
+
+        return hook
+
+    handles = [layer.block.register_forward_pre_hook(hook_for(layer.index), with_kwargs=True) for layer in layers]
+    try:
+        for batch in tqdm(batches, desc="naee: cache block inputs", unit="batch", disable=None):
+            forward_batch(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {index: torch.cat(parts) for index, parts in cached.items()}
+
+
+def _mixture(outputs: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """Gate-weighted sum of the chosen experts: `outputs [t, E, H]`, `index/weights [t, k]` -> `[t, H]`."""
+    rows = torch.arange(outputs.shape[0], device=outputs.device).unsqueeze(1)
+    return (outputs[rows, index] * weights.to(outputs.dtype).unsqueeze(-1)).sum(dim=1)
+
+
+def _all_expert_outputs(layer: MoELayer, hidden: Tensor) -> Tensor:
+    """`[t, E, H]` float64: every expert's output for every token (no gate weight)."""
+    return torch.stack([layer.run_expert(e, hidden) for e in range(layer.num_experts)], dim=1).double()
+
+
+def enumerate_losses(layer: MoELayer, hidden: Tensor, candidates: list[tuple[int, ...]]) -> Tensor:
+    """loss(K) = ||Z - Z_K||_F over all tokens of `hidden [T, H]` for every K in `candidates`: `[C]` float64."""
+    device = layer.router_weight.device
+    dtype = layer.router_weight.dtype
+    slicer = SlicedRouter(layer.router, layer.num_experts)
+    keep_tensors = [torch.tensor(k, dtype=torch.long, device=device) for k in candidates]
+    squared = torch.zeros(len(candidates), dtype=torch.float64)
+    chunk = max(1, CHUNK_ELEMENTS // (layer.num_experts * hidden.shape[1]))
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            x = hidden[start : start + chunk].to(device=device, dtype=dtype)
+            outputs = _all_expert_outputs(layer, x)  # [t, E, H]
+            _, weights, index = layer.route(x)
+            routed = _mixture(outputs, index, weights)  # R: the full model's routed mixture
+            for n, keep in enumerate(keep_tensors):
+                _, weights_k, index_k = slicer.restrict(keep)(x)
+                routed_k = _mixture(outputs, keep[index_k], weights_k)
+                squared[n] += (routed - routed_k).pow(2).sum().cpu()
+    return squared.sqrt()
+
+
+def expert_scores(num_experts: int, candidates: list[tuple[int, ...]], losses: Tensor) -> list[float]:
+    """score_e = the smallest loss among keep-sets without e (0 when every keep-set holds e)."""
+    scores = []
+    for expert in range(num_experts):
+        without = [losses[n] for n, keep in enumerate(candidates) if expert not in keep]
+        scores.append(float(min(without)) if without else 0.0)
+    return scores
+
+
+def _plan(ctx: ScoringContext) -> dict[int, list[range]]:
+    limit = int(ctx.option("max_combinations", MAX_COMBINATIONS))
+    plans = {}
+    for layer in ctx.adapter.layers:
+        ranges = ctx.group_ranges(layer)
+        keep = ctx.keep_count(layer)
+        count = count_keep_sets(ranges, keep)
+        if count > limit:
+            raise MoepruneError(
+                f"naee would evaluate {count} keep-sets in layer {layer.index} (C({layer.num_experts}, {keep})), "
+                f"above max_combinations={limit}: enumeration grows combinatorially with the expert count; "
+                "use stun, reap or frequency, or raise the max_combinations option"
+            )
+        plans[layer.index] = ranges
+    return plans
+
+
+@SCORERS.register("naee", needs=("calibration",))
+def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
+    """Keep, in every layer, the keep-set whose block output is closest to the unpruned one."""
+    plans = _plan(ctx)  # refuse before spending a forward pass
+    batches = ctx.require_batches("naee")
+    inputs = cache_block_inputs(ctx.model, ctx.adapter.layers, batches)
+    ctx.forward_passes += 1
+    result, details = {}, {}
+    for layer in tqdm(ctx.adapter.layers, desc="naee: enumerate", unit="layer", disable=None):
+        candidates = keep_sets(plans[layer.index], ctx.keep_count(layer))
+        losses = enumerate_losses(layer, inputs[layer.index], candidates)
+        best = int(torch.argmin(losses))  # ties: the first keep-set in lexicographic order
+        result[layer.index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
+        details[str(layer.index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
+    ctx.extra["naee"] = {"block_evaluations": sum(d["keep_sets"] for d in details.values()), "layers": details}
+    return result

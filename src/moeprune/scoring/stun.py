@@ -1,0 +1,181 @@
+"""STUN expert pruning (Lee et al., 2024, "STUN: Structured-Then-Unstructured Pruning for Scalable MoE Pruning",
+https://arxiv.org/abs/2409.06211).
+
+O(1) in the number of experts: no forward pass in the default router-only form.
+
+1. Behaviour distance between experts i, j of a layer, with W_i the router rows and a_ij the profile's
+   co-activation counts:  d_ij = lambda1 * ||W_i - W_j||_2 / ||W||_F - lambda2 * a_ij / mean(a)
+   (defaults lambda1 = 1, lambda2 = 0; lambda2 > 0 needs --profile).
+2. Greedy agglomerative clustering with complete linkage: repeatedly take the closest pair of experts
+   whose clusters are not yet joined and join the clusters when every cross pair is closer than the
+   threshold; this merges clusters in order of their largest cross distance. Uniform mode (default)
+   stops at `keep` clusters per layer (per routing group for DeepSeek); global-budget mode
+   (`global_budget: true`) searches the threshold tau (doubling, then bisection) until the kept
+   total over all layers reaches the target, so layers keep different counts (recorded per layer).
+3. Each cluster keeps the member whose weights (all expert matrices, flattened) are closest to the
+   cluster mean. Scores: a representative scores the size of its cluster, every other expert 0.
+
+    score: {method: stun, expert_sparsity: 0.5}   # options: {lambda1: 1.0, lambda2: 0.0, global_budget: false}
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from moeprune.arch import MoELayer
+from moeprune.errors import MoepruneError
+from moeprune.scoring import SCORERS
+from moeprune.scoring.base import LayerScores, ScoringContext
+
+BISECTION_STEPS = 100
+
+
+def behaviour_distance(
+    router: Tensor, coactivation: Tensor | None, lambda1: float = 1.0, lambda2: float = 0.0
+) -> Tensor:
+    """`[E, E]` float64 distances from router rows `[E, H]` and (optionally) co-activation counts `[E, E]`."""
+    weights = router.detach().double().cpu()
+    distance = lambda1 * torch.cdist(weights, weights) / weights.norm().clamp(min=1e-12)
+    if lambda2 and coactivation is not None:
+        counts = coactivation.double().cpu()
+        off_diagonal = counts[~torch.eye(counts.shape[0], dtype=torch.bool)]
+        mean = off_diagonal.mean() if off_diagonal.numel() else torch.tensor(0.0, dtype=torch.float64)
+        if mean > 0:
+            distance = distance - lambda2 * counts / mean
+    return distance
+
+
+def complete_linkage(
+    distance: Tensor, clusters: int = 1, threshold: float | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """Agglomerative clustering with complete linkage on `distance [n, n]`.
+
+    Merges the two clusters with the smallest largest-cross-distance until `clusters` remain, or
+    (with `threshold`) until no pair of clusters is closer than it.
+
+    Returns:
+        The clusters (sorted member lists, ordered by first member) and the merge heights in order.
+    """
+    size = distance.shape[0]
+    linkage = distance.double().clone()
+    linkage.fill_diagonal_(float("inf"))
+    members: dict[int, list[int]] = {i: [i] for i in range(size)}
+    heights: list[float] = []
+    while len(members) > max(clusters, 1):
+        flat = int(torch.argmin(linkage))  # ties: the first pair in row-major order
+        a, b = sorted(divmod(flat, size))
+        height = float(linkage[a, b])
+        if threshold is not None and not height < threshold:
+            break
+        heights.append(height)
+        members[a] = sorted(members[a] + members.pop(b))
+        merged = torch.maximum(linkage[a], linkage[b])
+        linkage[a], linkage[:, a] = merged, merged
+        linkage[a, a] = float("inf")
+        linkage[b], linkage[:, b] = float("inf"), float("inf")
+    return sorted(members.values()), heights
+
+
+def representative(layer: MoELayer, cluster: list[int]) -> int:
+    """The member whose flattened expert weights are closest to the cluster's mean."""
+    if len(cluster) == 1:
+        return cluster[0]
+    with torch.no_grad():
+        flat = torch.stack(
+            [torch.cat([w.reshape(-1).double().cpu() for w in layer.expert_weights(e).values()]) for e in cluster]
+        )
+        gaps = (flat - flat.mean(dim=0)).norm(dim=1)
+    return cluster[int(torch.argmin(gaps))]
+
+
+def _layer_result(layer: MoELayer, clusters: list[list[int]]) -> LayerScores:
+    scores = [0.0] * layer.num_experts
+    keep = []
+    for cluster in clusters:
+        chosen = representative(layer, cluster)
+        scores[chosen] = float(len(cluster))
+        keep.append(chosen)
+    return LayerScores(scores, sorted(keep))
+
+
+def _distances(ctx: ScoringContext) -> dict[int, Tensor]:
+    lambda1 = float(ctx.option("lambda1", 1.0))
+    lambda2 = float(ctx.option("lambda2", 0.0))
+    profile = ctx.require_profile("stun with lambda2 > 0") if lambda2 else None
+    return {
+        layer.index: behaviour_distance(
+            layer.router_weight, profile.layer(layer.index)["coactivation"] if profile else None, lambda1, lambda2
+        )
+        for layer in ctx.adapter.layers
+    }
+
+
+def _uniform(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, LayerScores]:
+    result = {}
+    for layer in ctx.adapter.layers:
+        ranges = ctx.group_ranges(layer)
+        per_group = ctx.keep_count(layer) // len(ranges)
+        clusters = []
+        for members in ranges:
+            sub = distances[layer.index][members.start : members.stop, members.start : members.stop]
+            found, _ = complete_linkage(sub, clusters=per_group)
+            clusters += [[members.start + i for i in cluster] for cluster in found]
+        result[layer.index] = _layer_result(layer, clusters)
+    return result
+
+
+def kept_total(heights: dict[int, list[float]], sizes: dict[int, int], tau: float) -> int:
+    """Clusters left over all layers when merging stops at threshold `tau` (heights are non-decreasing)."""
+    return sum(sizes[i] - sum(1 for h in hs if h < tau) for i, hs in heights.items())
+
+
+def search_threshold(heights: dict[int, list[float]], sizes: dict[int, int], target: int) -> float:
+    """tau with `kept_total(tau) == target` when reachable (else the closest total below): doubling, bisection."""
+    every = [h for hs in heights.values() for h in hs]
+    low = min(every, default=0.0)
+    if kept_total(heights, sizes, low) <= target:
+        return low
+    step = 1.0
+    while kept_total(heights, sizes, low + step) > target:
+        step *= 2.0
+    high = low + step
+    for _ in range(BISECTION_STEPS):
+        if kept_total(heights, sizes, high) == target:
+            break
+        middle = (low + high) / 2.0
+        if kept_total(heights, sizes, middle) > target:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, LayerScores]:
+    if any(ctx.groups(layer) > 1 for layer in ctx.adapter.layers):
+        raise MoepruneError(
+            f"stun's global-budget mode cannot keep {ctx.adapter.family.name}'s routing groups equal; "
+            "use the uniform mode (global_budget: false)"
+        )
+    sizes = {layer.index: layer.num_experts for layer in ctx.adapter.layers}
+    heights = {i: complete_linkage(d)[1] for i, d in distances.items()}
+    target = sum(ctx.keep_count(layer) for layer in ctx.adapter.layers)
+    tau = search_threshold(heights, sizes, target)
+    result = {}
+    for layer in ctx.adapter.layers:
+        clusters, _ = complete_linkage(distances[layer.index], threshold=tau)
+        result[layer.index] = _layer_result(layer, clusters)
+    counts = {str(i): len(r.keep) for i, r in result.items()}
+    ctx.extra["stun"] = {"mode": "global", "tau": tau, "target_total": target,
+                         "kept_total": sum(counts.values()), "keep_per_layer": counts}
+    return result
+
+
+@SCORERS.register("stun")
+def score_stun(ctx: ScoringContext) -> dict[int, LayerScores]:
+    """Cluster experts by router-row (and co-activation) distance; keep one representative per cluster."""
+    distances = _distances(ctx)
+    if ctx.option("global_budget", False):
+        return _global(ctx, distances)
+    ctx.extra["stun"] = {"mode": "uniform"}
+    return _uniform(ctx, distances)

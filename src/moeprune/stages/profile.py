@@ -1,0 +1,77 @@
+"""Stage `profile`: one calibration pass with the `moeprune_profile` experts implementation.
+
+    moeprune profile --model M --calib F --out P
+
+writes `P/profile.safetensors` (per MoE layer `layers.{l}.frequency`, `.soft_frequency`, `.coactivation`,
+`.reap`, `.output_norm`, `.router_logit_mean`, `.router_logit_std`, `.tokens`, `.wanda_in_sq`,
+`.wanda_down_sq`), `P/profile.json` (layers, tokens, calibration sha256, seconds) and
+`P/plots/expert_load.png`, `P/plots/coactivation.png`, atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from moeprune.arch import load_model, weights_sha256
+from moeprune.errors import MoepruneError
+from moeprune.io_utils import atomic_dir, sha256_file
+from moeprune.profiling import profile_model, save_profile
+
+
+def _load_calib(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a calibration file (`input_ids [N, L]` or `pixel_values [N, C, H, W]`)."""
+    from moeprune.data.calibration import load_calibration
+
+    tensors = load_calibration(path)
+    if "input_ids" not in tensors and "pixel_values" not in tensors:
+        raise MoepruneError(
+            f"calibration file {path} holds {sorted(tensors)}; expected input_ids or pixel_values "
+            "(make it with `moeprune calibrate`)"
+        )
+    return tensors
+
+
+def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, Tensor]]:
+    """The calibration file cut into batches of `batch_size` along dimension 0."""
+    if batch_size <= 0:
+        raise MoepruneError(f"batch size must be positive, got {batch_size}")
+    tensors = _load_calib(path)
+    count = next(iter(tensors.values())).shape[0]
+    if count == 0:
+        raise MoepruneError(f"calibration file {path} is empty; make it with `moeprune calibrate --samples N`")
+    starts = range(0, count, batch_size)
+    return [{name: t[start : start + batch_size] for name, t in tensors.items()} for start in starts]
+
+
+def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8) -> dict[str, Any]:
+    """Profile `model` on the calibration file `calib`; write the profile directory `out`.
+
+    Returns:
+        The summary written to `out/profile.json`.
+    """
+    start = time.perf_counter()
+    if streaming:
+        raise MoepruneError(
+            "streaming profiling is not implemented yet; run with streaming: false (the model must fit in memory)"
+        )
+    batches = calibration_batches(calib, batch_size)
+    net = load_model(model)
+    profile = profile_model(net, batches)
+    profile.summary.update(
+        {
+            "model": str(model),
+            "model_sha256": weights_sha256(model),
+            "calibration": str(calib),
+            "calibration_sha256": sha256_file(calib),
+            "batch_size": batch_size,
+            "streaming": streaming,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    )
+    with atomic_dir(out) as tmp:
+        save_profile(profile, tmp)
+    return profile.summary

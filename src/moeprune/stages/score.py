@@ -1,0 +1,151 @@
+"""Stage `score`: score every routed expert with one method and choose the keep-sets.
+
+    moeprune score --model M --method NAME [--profile P] [--reference R] [--calib F] --expert-sparsity S --out J
+
+writes `J`:
+
+    {"method": "reap", "expert_sparsity": 0.5, "num_experts": 8, "keep_per_layer": 4,
+     "layers": {"0": {"scores": [...one per expert...], "keep": [sorted kept indices]}, ...},
+     "forward_passes": 0, "seconds": 0.12, "seed": 0, "options": {}, "family": "mixtral",
+     "model": "...", "model_sha256": "...", "profile": "...", "profile_sha256": "...",
+     "reference": null, "calibration_sha256": null, "notes": [...], <method details>}
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from moeprune.arch import get_adapter, load_model, validate_keep_sets, weights_sha256
+from moeprune.errors import MoepruneError
+from moeprune.io_utils import sha256_file, write_json
+from moeprune.profiling import PROFILE_FILE, Profile, load_profile
+from moeprune.scoring import SCORERS, Scorer, ScoringContext
+from moeprune.scoring.base import check_sparsity
+from moeprune.scoring.router_change import check_same_architecture
+from moeprune.stages.profile import calibration_batches
+
+CALIB_BATCH_SIZE = 8
+_NEED_FLAGS = {
+    "profile": "--profile DIR (from `moeprune profile`)",
+    "reference": "--reference DIR (the pretrained checkpoint the model was fine-tuned from)",
+    "calibration": "--calib F (from `moeprune calibrate`)",
+}
+
+
+def coerce_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Method options with CLI strings turned into bools and numbers ("true" -> True, "0.5" -> 0.5)."""
+    coerced = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "false"):
+                value = lowered == "true"
+            else:
+                for cast in (int, float):
+                    try:
+                        value = cast(value)
+                        break
+                    except ValueError:
+                        continue
+        coerced[key.replace("-", "_")] = value
+    return coerced
+
+
+def _check_inputs(scorer: Scorer, supplied: dict[str, Path | None]) -> None:
+    for need in scorer.needs:
+        if supplied[need] is None:
+            raise MoepruneError(f"method '{scorer.name}' needs {_NEED_FLAGS[need]}")
+
+
+def _load_checked_profile(profile: Path, model_sha: str) -> Profile:
+    loaded = load_profile(profile)
+    recorded = loaded.summary.get("model_sha256")
+    if recorded and recorded != model_sha:
+        raise MoepruneError(
+            f"the profile in '{profile}' was made on other weights than this model's; "
+            "run `moeprune profile` on this model"
+        )
+    return loaded
+
+
+def _notes(ctx: ScoringContext, layers: dict) -> list[str]:
+    notes = []
+    for layer in ctx.adapter.layers:
+        kept = len(layers[layer.index].keep)
+        if kept < layer.top_k:
+            notes.append(f"layer {layer.index}: top_k={layer.top_k} is larger than the {kept} kept experts; "
+                         f"prune-experts will clamp top_k to {kept}")
+    return notes
+
+
+def _check_keep_sets(ctx: ScoringContext, layers: dict) -> None:
+    if ctx.extra.get("stun", {}).get("mode") == "global":
+        return  # per-layer counts by design; recorded in the file
+    validate_keep_sets(ctx.adapter, {index: entry.keep for index, entry in layers.items()})
+
+
+def run(
+    model: Path,
+    method: str,
+    expert_sparsity: float,
+    out: Path,
+    profile: Path | None = None,
+    reference: Path | None = None,
+    calib: Path | None = None,
+    seed: int = 0,
+    options: dict | None = None,
+) -> dict[str, Any]:
+    """Score the experts of `model` with `method` and write the scores file `out` (atomically).
+
+    Returns:
+        The scores record written to `out`.
+    """
+    start = time.perf_counter()
+    check_sparsity(expert_sparsity)
+    scorer = SCORERS.get(method)
+    _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
+    options = coerce_options(options)
+    net = load_model(model)
+    adapter = get_adapter(net)
+    model_sha = weights_sha256(model)
+    reference_model = None
+    if reference is not None:
+        reference_model = load_model(reference)
+        check_same_architecture(adapter, get_adapter(reference_model))
+    ctx = ScoringContext(
+        model=net,
+        adapter=adapter,
+        expert_sparsity=float(expert_sparsity),
+        profile=_load_checked_profile(profile, model_sha) if profile is not None else None,
+        reference=reference_model,
+        batches=calibration_batches(calib, int(options.get("batch_size", CALIB_BATCH_SIZE))) if calib else None,
+        seed=int(seed),
+        options=options,
+    )
+    layers = scorer(ctx)
+    _check_keep_sets(ctx, layers)
+    counts = sorted({len(entry.keep) for entry in layers.values()})
+    record = {
+        "method": method,
+        "expert_sparsity": float(expert_sparsity),
+        "num_experts": adapter.layers[0].num_experts,
+        "keep_per_layer": counts[0] if len(counts) == 1 else {str(i): len(e.keep) for i, e in layers.items()},
+        "layers": {str(index): {"scores": entry.scores, "keep": entry.keep} for index, entry in sorted(layers.items())},
+        "forward_passes": ctx.forward_passes,
+        "seconds": round(time.perf_counter() - start, 3),
+        "seed": int(seed),
+        "options": options,
+        "family": adapter.family.name,
+        "model": str(model),
+        "model_sha256": model_sha,
+        "profile": str(profile) if profile else None,
+        "profile_sha256": sha256_file(Path(profile) / PROFILE_FILE) if profile else None,
+        "reference": str(reference) if reference else None,
+        "calibration_sha256": sha256_file(calib) if calib else None,
+        "notes": _notes(ctx, layers),
+        **ctx.extra,
+    }
+    write_json(out, record)
+    return record
