@@ -1,5 +1,13 @@
-"""Shared test set-up: offline, telemetry-free, quiet."""
+"""Shared test set-up: offline, telemetry-free, quiet, one BLAS thread per process.
 
-from moeprune.env import apply_offline_defaults
+Tiny models gain nothing from a second thread, and tests that start subprocesses (DVC stages, sweep
+workers) would otherwise oversubscribe a 2-core machine.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from moeprune.env import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
