@@ -19,6 +19,23 @@ _COMMON = dict(
 )
 
 
+def _deepseek(num_experts: int) -> dict:
+    """What DeepSeek-V2 and V3 share: MLA attention sizes, one shared expert, two routing groups."""
+    return dict(
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        n_routed_experts=num_experts,
+        n_shared_experts=1,
+        n_group=2,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=4,
+        qk_nope_head_dim=4,
+        v_head_dim=8,
+        num_key_value_heads=4,
+    )
+
+
 def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict]:
     moe = dict(num_experts_per_tok=top_k)
     specs = {
@@ -42,41 +59,16 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
         "olmoe": ("OlmoeConfig", dict(intermediate_size=24, num_experts=num_experts, norm_topk_prob=True)),
         "deepseek_v2": (
             "DeepseekV2Config",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                n_routed_experts=num_experts,
-                n_shared_experts=1,
-                first_k_dense_replace=0,
-                n_group=2,
-                topk_group=1,
-                topk_method="group_limited_greedy",
-                kv_lora_rank=16,
-                q_lora_rank=None,
-                qk_rope_head_dim=4,
-                qk_nope_head_dim=4,
-                v_head_dim=8,
-                num_key_value_heads=4,
-            ),
+            dict(**_deepseek(num_experts), first_k_dense_replace=0, topk_group=1, topk_method="group_limited_greedy"),
         ),
         "deepseek_v3": (
             "DeepseekV3Config",
             dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                n_routed_experts=num_experts,
-                n_shared_experts=1,
+                **_deepseek(num_experts),
                 first_k_dense_replace=1,
                 num_hidden_layers=3,
-                n_group=2,
                 topk_group=2,
                 norm_topk_prob=True,
-                kv_lora_rank=16,
-                q_lora_rank=None,
-                qk_rope_head_dim=4,
-                qk_nope_head_dim=4,
-                v_head_dim=8,
-                num_key_value_heads=4,
             ),
         ),
         "phimoe": ("PhimoeConfig", dict(intermediate_size=48, num_local_experts=num_experts)),
