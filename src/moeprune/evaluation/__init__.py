@@ -1,0 +1,1 @@
+"""Evaluation tasks (GSM8K through lm-eval, routing reports)."""

@@ -1,0 +1,1 @@
+"""The embedded testbed models (built locally, in minutes, on CPU)."""

@@ -1,0 +1,93 @@
+"""The LM testbed build: files, stock reload, shared architecture, determinism, every family."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from moeprune.data.gsm8k_gen import read_jsonl
+from moeprune.errors import MoepruneError
+from moeprune.testbed.lm import FAMILIES, ModelSize, Plan, build_lm_testbed
+from moeprune.testbed.train import TrainConfig
+
+MICRO_PLAN = Plan(
+    size=ModelSize(hidden=32, layers=1, heads=2, kv_heads=2, intermediate=32, experts=4, top_k=2),
+    n_train=30, n_test=5, n_pretrain_docs=200, n_pretrain_sample=20, pretrain_seq_len=64,
+    pretrain=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="pretrain"),
+    finetune=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="fine-tune"),
+)
+
+
+@pytest.fixture(scope="module")
+def quick_testbed(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("lm") / "testbed"
+    return out, build_lm_testbed(out, quick=True, seed=0)
+
+
+def test_quick_build_writes_everything(quick_testbed):
+    out, record = quick_testbed
+    for name in ("data/train.jsonl", "data/test.jsonl", "data/pretrain.txt", "testbed.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "testbed.json").read_text()) == record
+    assert len(read_jsonl(out / "data/train.jsonl")) == record["data"]["n_train"]
+    assert (out / "data/pretrain.txt").read_text().strip()
+    assert record["train_seconds"] < 120 and record["finetune"]["steps"] > 0
+    first, last = record["finetune"]["losses"][0][1], record["finetune"]["losses"][-1][1]
+    assert last < first
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_both_models_reload_with_stock_classes_and_share_architecture(quick_testbed):
+    out, _ = quick_testbed
+    models = {name: AutoModelForCausalLM.from_pretrained(out / name) for name in ("pretrained", "finetuned")}
+    assert all((out / name / "model.safetensors").is_file() for name in models)
+    pre, fine = (m.state_dict() for m in models.values())
+    assert {k: v.shape for k, v in pre.items()} == {k: v.shape for k, v in fine.items()}
+    router = "model.layers.0.mlp.gate.weight"
+    assert router in pre and not torch.equal(pre[router], fine[router])
+    tokenizer = AutoTokenizer.from_pretrained(out / "finetuned")
+    text = read_jsonl(out / "data/test.jsonl")[0]["answer"]
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+    ids = tokenizer("Question: 2 + 3\nAnswer:", return_tensors="pt")["input_ids"]
+    assert models["finetuned"](ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_lm_eval_adds_bos_like_training(quick_testbed):
+    from lm_eval.models.huggingface import HFLM
+
+    out, _ = quick_testbed
+    lm = HFLM(pretrained=str(out / "finetuned"), device="cpu", batch_size=1)
+    ids, _ = lm.tok_batch_encode(["Question: 1 + 1\nAnswer:"])
+    assert int(ids[0, 0]) == lm.tokenizer.bos_token_id  # training rows start with <s> too
+
+
+def test_same_seed_same_weights(quick_testbed, tmp_path: Path):
+    out, record = quick_testbed
+    again = build_lm_testbed(tmp_path / "again", quick=True, seed=0)
+    seeded = [build_lm_testbed(tmp_path / f"micro{seed}", seed=seed, plan=MICRO_PLAN) for seed in (1, 2)]
+    assert again["finetune"]["losses"] == record["finetune"]["losses"]
+    for name in ("pretrained", "finetuned"):
+        a, b = (load_file(root / name / "model.safetensors") for root in (out, tmp_path / "again"))
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    for name in ("train.jsonl", "test.jsonl", "pretrain.txt"):
+        assert (out / "data" / name).read_bytes() == (tmp_path / "again/data" / name).read_bytes()
+    assert seeded[0]["pretrain"]["losses"] != seeded[1]["pretrain"]["losses"]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mixtral"])
+def test_other_families_build_and_reload(tmp_path: Path, family: str):
+    record = build_lm_testbed(tmp_path / family, family=family, plan=MICRO_PLAN)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / family / "finetuned")
+    assert model.config.model_type == record["model_type"] == family
+    gate = model.model.layers[0].mlp.gate
+    assert gate.weight.shape == (MICRO_PLAN.size.experts, MICRO_PLAN.size.hidden)
+
+
+def test_unknown_family_raises(tmp_path: Path):
+    with pytest.raises(MoepruneError, match="mixtral"):
+        build_lm_testbed(tmp_path / "x", family="gpt2", plan=replace(MICRO_PLAN))
+    assert not (tmp_path / "x").exists()
