@@ -37,7 +37,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)
 
 bench: $(STAMP)
-	$(PY) -m bench.run_all
+	set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests flows tasks bench

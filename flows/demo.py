@@ -3,9 +3,10 @@
     python -m flows.demo            # what `make demo` runs
 
 The LM chain (params.yaml) and the vision chain (pipelines/vision/params.yaml) each run as the
-`pipeline` flow (DVC stages as tasks: unchanged stages are skipped on a rerun), register the base and
-the pruned model, and the `promote` flow applies the policy. The table of registered versions is
-printed at the end with where the MLflow and Prefect UIs are.
+`pipeline` flow (DVC stages as tasks: unchanged stages are skipped on a rerun, the base and the pruned
+model are registered), then the sweep grid of their params.yaml (`sweep:` section, one DVC experiment
+and one registered version per point), then the `promote` flow applies the policy. The table of
+registered versions is printed at the end with where the MLflow and Prefect UIs are.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prefect import flow
 
 from flows.pipeline import pipeline
 from flows.promote import promote
+from flows.sweep import sweep
 
 CHAINS = {"lm": ".", "vision": "pipelines/vision"}
 
@@ -38,29 +40,39 @@ def versions_table(tracking_uri: str | None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["model"], row["version"]))
 
 
+METRICS = ("gsm8k.exact_match_strict", "imagenet.top1")
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
 def print_versions(rows: list[dict[str, Any]]) -> None:
+    """Versions with accuracy, expert / weight / total sparsity, size and aliases."""
     from rich.console import Console
     from rich.table import Table
 
-    columns = [
-        "model",
-        "version",
-        "alias",
-        "role",
-        "method",
-        "gsm8k.exact_match_strict",
-        "imagenet.top1",
-        "expert_sparsity",
-        "weight_sparsity",
-        "total_sparsity",
-        "size_bytes",
-    ]
     table = Table(title="moeprune registry")
-    for column in columns:
-        table.add_column(column)
+    for column in ("model", "v", "alias", "method", "accuracy", "expert sp", "weight sp", "total sp", "MB"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(*[str(row.get(column, "")) for column in columns])
-    Console().print(table)
+        metric = next((row[m] for m in METRICS if m in row), None)
+        size = float(row.get("size_bytes", 0) or 0) / 1e6
+        table.add_row(
+            row["model"],
+            str(row["version"]),
+            row["alias"] or "-",
+            row.get("method", "-"),
+            _number(metric),
+            _number(row.get("expert_sparsity"), 2),
+            _number(row.get("weight_sparsity"), 2),
+            _number(row.get("total_sparsity"), 2),
+            f"{size:.2f}",
+        )
+    Console(width=max(120, Console().width)).print(table)
 
 
 @flow(name="moeprune-demo", log_prints=True)
@@ -69,6 +81,7 @@ def demo(root: str = ".", chains: list[str] | None = None, tracking_uri: str | N
     results = {}
     for kind in chains or list(CHAINS):
         results[kind] = pipeline(root=root, pipeline_dir=CHAINS[kind], tracking_uri=tracking_uri)
+        results[f"{kind}-sweep"] = sweep(root=root, pipeline_dir=CHAINS[kind])
         promote(params=str(Path(root) / CHAINS[kind] / "params.yaml"), tracking_uri=tracking_uri)
     return results
 

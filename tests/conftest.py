@@ -11,3 +11,5 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from moeprune.env import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
+
+pytest_plugins = ["prefect_fixtures"]  # one Prefect test harness (session-scoped) for every test module

@@ -1,0 +1,364 @@
+"""Pydantic models for `params.yaml`: one model per section, unknown keys and bad values rejected.
+
+Only this module and the orchestration code (stages register/promote/serve/sweep, `flows/`) read
+params.yaml; every other stage receives its values as CLI flags from `dvc.yaml`.
+
+Example (the repository's params.yaml is the full, commented version)::
+
+    kind: lm
+    score: {method: stun, expert_sparsity: 0.5, seed: 0}
+    prune_unstructured: {method: wanda, options: {total-sparsity: 0.6, owl: true}}
+    promote: {metric: gsm8k.exact_match_strict, min_retention: 0.9}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moeprune.errors import MoepruneError
+
+SCORE_METHODS = (
+    "router-change",
+    "router-change-diff",
+    "frequency",
+    "soft-frequency",
+    "reap",
+    "naee",
+    "stun",
+    "random",
+)
+UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt", "none")
+TESTBED_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
+CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
+EVALUATION_TASKS = ("gsm8k", "gsm8k-local:", "perplexity:", "imagenet:")
+OBJECTIVE_KEYS = (
+    "total_sparsity",
+    "expert_sparsity",
+    "weight_sparsity",
+    "metric",
+    "size_bytes",
+    "nonzero_params",
+    "active_params_per_token",
+)
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+def check_fraction(value: float) -> float:
+    """A sparsity: a fraction in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def check_nm(value: str | None) -> str | None:
+    """An N:M pattern such as "2:4" with 0 < N < M."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", str(value))
+    if not match:
+        raise ValueError(f"must look like N:M (e.g. 2:4), got {value!r}")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"needs 0 < N < M, got {value!r}")
+    return value
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """`value` must be one of `choices` (the message lists them)."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
+    return value
+
+
+def check_prefixed(value: str, prefixes: tuple[str, ...], what: str) -> str:
+    """`value` must be one of the bare names or start with one of the `NAME:` prefixes."""
+    if value in prefixes or any(p.endswith(":") and value.startswith(p) for p in prefixes):
+        return value
+    valid = ", ".join(p + ("PATH" if p.endswith(":") else "") for p in prefixes)
+    raise ValueError(f"unknown {what} {value!r}; valid: {valid}")
+
+
+def check_cron(value: str) -> str:
+    """A five-field cron expression ("0 2 * * *")."""
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"must be a five-field cron expression such as '0 2 * * *', got {value!r}")
+    return value
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class TestbedOptions(Section):
+    """Flags of `moeprune testbed` exactly as dvc.yaml unpacks them (`--family`, `--seed`, `--quick`)."""
+
+    family: str | None = None
+    seed: int = 0
+    quick: bool = False
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, value: str | None) -> str | None:
+        return None if value is None else check_choice(value, TESTBED_FAMILIES, "family")
+
+
+class TestbedSection(Section):
+    """The embedded demo models: `moeprune testbed <kind> --out <out>`."""
+
+    out: str = "runs/testbed/lm"
+    options: TestbedOptions = Field(default_factory=TestbedOptions)
+
+
+class ModelSection(Section):
+    """The model to prune, the checkpoint it was fine-tuned from (router-change) and the data folder.
+
+    `data` holds the calibration and evaluation files; dvc.yaml tracks it as a dependency.
+    """
+
+    path: str = "runs/testbed/lm/finetuned"
+    reference: str = "runs/testbed/lm/pretrained"
+    data: str = "runs/testbed/lm/data"
+
+
+class CalibrateSection(Section):
+    """Calibration data: `moeprune calibrate --source --samples --seq-len --seed`."""
+
+    source: str = "gsm8k-local:runs/testbed/lm/data/train.jsonl"
+    samples: int = Field(64, gt=0)
+    seq_len: int = Field(128, gt=0)
+    seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return check_prefixed(value, CALIBRATION_SOURCES, "calibration source")
+
+
+class ProfileOptions(Section):
+    """Flags of `moeprune profile` as dvc.yaml unpacks them (`--streaming` when true)."""
+
+    streaming: bool = False
+
+
+class ScoreSection(Section):
+    """Expert scoring: `moeprune score --method --expert-sparsity --seed`."""
+
+    method: str = "router-change"
+    expert_sparsity: float = 0.5
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        return check_choice(value, SCORE_METHODS, "score method")
+
+    @field_validator("expert_sparsity")
+    @classmethod
+    def _sparsity(cls, value: float) -> float:
+        return check_fraction(value)
+
+
+class UnstructuredOptions(Section):
+    """Flags of `moeprune prune-unstructured` as dvc.yaml unpacks them (keys are the flag names).
+
+    Exactly one of `sparsity` (per layer, on what remains) and `total-sparsity` (over the original
+    model, removed experts counting as zeros).
+    """
+
+    sparsity: float | None = None
+    total_sparsity: float | None = Field(None, alias="total-sparsity")
+    owl: bool = False
+    nm: str | None = None
+
+    @field_validator("sparsity", "total_sparsity")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        return None if value is None else check_fraction(value)
+
+    @field_validator("nm")
+    @classmethod
+    def _nm(cls, value: str | None) -> str | None:
+        return check_nm(value)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> UnstructuredOptions:
+        if (self.sparsity is None) == (self.total_sparsity is None):
+            raise ValueError("give exactly one of sparsity and total-sparsity")
+        return self
+
+
+class UnstructuredSection(Section):
+    """Unstructured pruning after expert pruning; method `none` copies the model unchanged."""
+
+    method: str = "wanda"
+    options: UnstructuredOptions = Field(
+        default_factory=lambda: UnstructuredOptions(**{"total-sparsity": 0.6})
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        return check_choice(value, UNSTRUCTURED_METHODS, "unstructured method")
+
+
+class EvaluateSection(Section):
+    """Evaluation: `moeprune evaluate --task --limit --batch-size` (base and pruned model)."""
+
+    task: str = "gsm8k-local:runs/testbed/lm/data/test.jsonl"
+    limit: int = Field(200, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return check_prefixed(value, EVALUATION_TASKS, "evaluation task")
+
+
+class RegistrySection(Section):
+    """MLflow: tracking URI (null: MLFLOW_TRACKING_URI, else sqlite under the repo) and model name."""
+
+    tracking_uri: str | None = None
+    model_name: str | None = None
+
+
+class PromoteSection(Section):
+    """Promotion policy: pass if metric >= min_retention * base metric; rank passing ones by objective.
+
+    `objective` lists keys compared in order, higher first; a leading "-" means lower is better
+    ("metric" is the policy's metric).
+    """
+
+    metric: str = "gsm8k.exact_match_strict"
+    min_retention: float = 0.9
+    objective: list[str] = Field(default_factory=lambda: ["total_sparsity", "metric"])
+
+    @field_validator("min_retention")
+    @classmethod
+    def _retention(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {value}")
+        return value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one key")
+        for key in value:
+            check_choice(key.removeprefix("-"), OBJECTIVE_KEYS, "objective key")
+        return value
+
+
+class SweepSection(Section):
+    """The grid the sweep flow runs as DVC experiments (every combination)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["router-change", "stun", "reap", "random"])
+    expert_sparsity: list[float] = Field(default_factory=lambda: [0.25, 0.5])
+    unstructured_methods: list[str] = Field(default_factory=lambda: ["none", "wanda"])
+    total_sparsity: list[float] = Field(default_factory=lambda: [0.6])
+    max_workers: int = Field(2, gt=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        return [check_choice(v, SCORE_METHODS, "score method") for v in value]
+
+    @field_validator("unstructured_methods")
+    @classmethod
+    def _unstructured(cls, value: list[str]) -> list[str]:
+        return [check_choice(v, UNSTRUCTURED_METHODS, "unstructured method") for v in value]
+
+    @field_validator("expert_sparsity", "total_sparsity")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        return [check_fraction(v) for v in value]
+
+
+class SchedulesSection(Section):
+    """Cron schedules of the Prefect deployments served by `moeprune serve`."""
+
+    timezone: str = "UTC"
+    sweep: str = "0 2 * * *"
+    promote: str = "0 6 * * *"
+
+    @field_validator("sweep", "promote")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    kind: Literal["lm", "vision"] = "lm"
+    testbed: TestbedSection = Field(default_factory=TestbedSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    calibrate: CalibrateSection = Field(default_factory=CalibrateSection)
+    profile: ProfileOptions = Field(default_factory=ProfileOptions)
+    score: ScoreSection = Field(default_factory=ScoreSection)
+    prune_unstructured: UnstructuredSection = Field(default_factory=UnstructuredSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+    promote: PromoteSection = Field(default_factory=PromoteSection)
+    sweep: SweepSection = Field(default_factory=SweepSection)
+    schedules: SchedulesSection = Field(default_factory=SchedulesSection)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: `<file>: <dotted.key>: <message>`."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against params.yaml's documented sections)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        if "input" in item and item["type"] not in ("value_error", "extra_forbidden", "missing"):
+            message += f", got {item['input']!r}"
+        lines.append(f"{source}: {key}: {message}")
+    return "; ".join(lines)
+
+
+def parse_params(data: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; `MoepruneError` names every bad key."""
+    if not isinstance(data, dict):
+        raise MoepruneError(f"{source}: must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise MoepruneError(format_validation_error(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file.
+
+    Args:
+        path: the YAML file (the repository's `params.yaml` by default).
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        MoepruneError: the file is missing, not YAML, or a value is invalid (the message names the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MoepruneError(
+            f"{path}: params file not found; pass --params PATH or copy the repository's params.yaml"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MoepruneError(
+            f"{path}: not valid YAML ({str(error).splitlines()[0]}); fix the syntax"
+        ) from None
+    return parse_params(data, source=path.name)

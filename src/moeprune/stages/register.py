@@ -1,0 +1,49 @@
+"""Stage `register`: log a model directory and its metrics to MLflow and register it as a version.
+
+    moeprune register --model D --metrics J.json [--params params.yaml] [--tracking-uri URI]
+
+Writes `J.registry.json` beside the metrics (name, version, run id, artifact source, tracking URI).
+Registering the same weights again returns the existing version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from moeprune.config import Params, load_params
+from moeprune.errors import MoepruneError
+from moeprune.registry import register_model_dir, write_registry_record
+
+
+def load_optional_params(params: Path | None) -> Params | None:
+    """The validated params file when one is given, else None."""
+    return load_params(params) if params is not None else None
+
+
+def run(
+    model: Path, metrics: Path, params: Path | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """Register `model` with `metrics`; the record returned is also written to `<metrics>.registry.json`.
+
+    Args:
+        model: the Hugging Face model directory.
+        metrics: its flat metrics JSON (from `moeprune evaluate`).
+        params: params.yaml for the registry name and tracking URI (optional).
+        tracking_uri: overrides params and $MLFLOW_TRACKING_URI.
+    """
+    model, metrics = Path(model), Path(metrics)
+    if not model.is_dir():
+        raise MoepruneError(
+            f"{model}: model directory not found; pass --model DIR written by save_pretrained"
+        )
+    record = register_model_dir(model, metrics, load_optional_params(params), tracking_uri)
+    record["registry_json"] = str(write_registry_record(metrics, record))
+    verb = "registered" if record["created"] else "already registered as"
+    Console(stderr=True).print(
+        f"[bold]{model}[/bold] {verb} [green]{record['name']}[/green] version {record['version']} "
+        f"(role {record['role']}, base version {record['base_version']}) at {record['tracking_uri']}"
+    )
+    return record

@@ -1,0 +1,87 @@
+"""params.yaml validation: the repository's files load; each bad value names its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moeprune.config import load_params, parse_params
+from moeprune.errors import MoepruneError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repository_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.kind == "lm"
+    assert 0 <= params.score.expert_sparsity < 1
+    assert params.prune_unstructured.options.total_sparsity == 0.6
+    assert params.promote.objective[0] == "total_sparsity"
+
+
+def test_vision_params_load():
+    params = load_params(ROOT / "pipelines" / "vision" / "params.yaml")
+    assert params.kind == "vision"
+    assert params.evaluate.task.startswith("imagenet:")
+    assert params.promote.metric == "imagenet.top1"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("score.expert_sparsity", 1.5, "params.yaml: score.expert_sparsity: must be in [0, 1), got 1.5"),
+        ("score.expert_sparsity", -0.1, "score.expert_sparsity: must be in [0, 1)"),
+        ("score.method", "magic", "score.method: unknown score method 'magic'; valid: router-change"),
+        ("kind", "audio", "kind: Input should be 'lm' or 'vision'"),
+        ("prune_unstructured.method", "obs", "prune_unstructured.method: unknown unstructured method 'obs'"),
+        ("prune_unstructured.options.nm", "4:2", "prune_unstructured.options.nm: needs 0 < N < M"),
+        ("prune_unstructured.options.nm", "2-4", "prune_unstructured.options.nm: must look like N:M"),
+        ("prune_unstructured.options.total-sparsity", 1.0, "options.total-sparsity: must be in [0, 1)"),
+        ("prune_unstructured.options.sparsity", 0.3, "options: give exactly one of sparsity and total-sparsity"),
+        ("calibrate.samples", 0, "calibrate.samples: Input should be greater than 0"),
+        ("calibrate.source", "ftp:x", "calibrate.source: unknown calibration source 'ftp:x'"),
+        ("evaluate.task", "mmlu", "evaluate.task: unknown evaluation task 'mmlu'"),
+        ("promote.min_retention", 1.2, "promote.min_retention: must be in [0, 1], got 1.2"),
+        ("promote.objective", ["speed"], "promote.objective: unknown objective key 'speed'"),
+        ("sweep.expert_sparsity", [0.5, 1.0], "sweep.expert_sparsity: must be in [0, 1), got 1.0"),
+        ("sweep.methods", ["stun", "nope"], "sweep.methods: unknown score method 'nope'"),
+        ("schedules.sweep", "nightly", "schedules.sweep: must be a five-field cron expression"),
+        ("testbed.options.family", "gpt2", "testbed.options.family: unknown family 'gpt2'"),
+        ("score.bogus", 1, "score.bogus: unknown key"),
+    ],
+)
+def test_bad_value_names_the_key(raw, path, value, expected):
+    data = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    with pytest.raises(MoepruneError) as error:
+        parse_params(data)
+    assert expected in str(error.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(MoepruneError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("score: [unclosed\n")
+    with pytest.raises(MoepruneError, match="params.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def test_defaults_fill_missing_sections(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("kind: vision\nscore: {method: stun, expert_sparsity: 0.25}\n")
+    params = load_params(path)
+    assert params.score.method == "stun" and params.score.expert_sparsity == 0.25
+    assert params.promote.min_retention == 0.9
