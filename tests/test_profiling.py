@@ -128,8 +128,6 @@ def test_profile_stage_writes_tensors_summary_and_plots(tmp_path):
 
 def test_profile_stage_errors(tmp_path):
     _, model_dir, calib = _write_model_and_calib(tmp_path)
-    with pytest.raises(MoepruneError, match="streaming"):
-        profile_stage.run(model=model_dir, calib=calib, out=tmp_path / "p", streaming=True)
     with pytest.raises(MoepruneError, match="does not exist"):
         profile_stage.run(model=model_dir, calib=tmp_path / "missing.safetensors", out=tmp_path / "p")
     bad = tmp_path / "bad.safetensors"

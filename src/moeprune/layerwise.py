@@ -4,19 +4,29 @@ As in wanda's `prune.py` and llm-compressor's sequential pipeline: capture the i
 once, then for each block let a callback observe / modify it, and run the block to produce the
 inputs of the next one. Only one block's activations are live at a time, and a callback that
 prunes a block before its outputs are computed passes the pruned outputs on (errors do not hide).
+
+The blocks come from a `BlockSource`: `InMemoryBlocks` (a loaded model) or `streaming.StreamingModel`
+(one layer read from the safetensors shards at a time, released after use). The loop is the same:
+
+    source = source_for(model, adapter)   # the streaming source attached to a skeleton, else in memory
+    run(source, batches, on_block, on_done=writer.write_block)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from moeprune.arch.adapter import MoEAdapter
+from moeprune.errors import MoepruneError
+
+_SOURCE_ATTR = "_moeprune_block_source"
 
 
 class _StopForward(Exception):
@@ -44,7 +54,7 @@ class BlockInputs:
 
 def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
     """Keyword arguments of a forward pass for one calibration batch (tokens or images)."""
-    device = next(model.parameters()).device
+    device = next(p.device for p in model.parameters() if not p.is_meta)  # streaming skeletons: the embeddings
     inputs: dict[str, Any] = {
         k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")
     }
@@ -89,22 +99,96 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
 
 
 OnBlock = Callable[[int, nn.Module, BlockInputs], None]
+OnDone = Callable[[int, nn.Module], None]
+
+
+class BlockSource(Protocol):
+    """Where the decoder blocks come from: a model in memory or a streamed checkpoint."""
+
+    model: nn.Module
+    adapter: MoEAdapter
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> BlockInputs:
+        """What block 0 receives for every batch."""
+        ...
+
+    def block(self, index: int) -> contextlib.AbstractContextManager[nn.Module]:
+        """Block `index`, usable inside the `with` statement."""
+        ...
+
+
+@dataclass
+class InMemoryBlocks:
+    """Every block is already in memory: `block(i)` yields it and releases nothing."""
+
+    model: nn.Module
+    adapter: MoEAdapter
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.adapter.decoder_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> BlockInputs:
+        return capture_block_inputs(self.model, self.adapter, batches)
+
+    @contextlib.contextmanager
+    def block(self, index: int) -> Iterator[nn.Module]:
+        yield self.adapter.decoder_layers[index]
+
+
+def attach_source(model: nn.Module, source: BlockSource) -> None:
+    """Mark `model` (a streaming skeleton) so that `source_for` finds the source that fills its blocks."""
+    object.__setattr__(model, _SOURCE_ATTR, source)
+
+
+def source_for(model: nn.Module, adapter: MoEAdapter) -> BlockSource:
+    """The streaming source attached to `model`, or the in-memory source over its blocks."""
+    return getattr(model, _SOURCE_ATTR, None) or InMemoryBlocks(model, adapter)
+
+
+def is_streamed(model: nn.Module) -> bool:
+    """Whether `model` is a streaming skeleton (its decoder blocks are read from disk on demand)."""
+    return getattr(model, _SOURCE_ATTR, None) is not None
+
+
+def check_shared_block_inputs(model: nn.Module) -> None:
+    """Refuse models whose blocks get different masks (mixed sliding / full attention): block 0's do not fit all."""
+    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or []
+    if len(set(layer_types)) > 1:
+        raise MoepruneError(
+            f"this model mixes attention types per layer ({sorted(set(layer_types))}); layer-by-layer processing "
+            "reuses block 0's attention mask for every block, so disable sliding-window attention in config.json"
+        )
 
 
 def run(
-    model: nn.Module,
-    adapter: MoEAdapter,
+    source: BlockSource,
     batches: Iterable[dict[str, torch.Tensor]],
     on_block: OnBlock,
     description: str = "layers",
+    on_done: OnDone | None = None,
 ) -> None:
     """Call `on_block(index, block, inputs)` for each decoder block in order, then propagate.
 
     `on_block` may run the block itself (with hooks) and change its weights; the next block receives
-    the outputs of the block as it is after `on_block` returns.
+    the outputs of the block as it is after `on_block` returns. `on_done(index, block)` runs after the
+    outputs are computed, while the block is still materialised (e.g. to write it out).
     """
-    inputs = capture_block_inputs(model, adapter, batches)
-    blocks = adapter.decoder_layers
-    for index in tqdm(range(len(blocks)), desc=description, unit="layer", disable=None):
-        on_block(index, blocks[index], inputs)
-        inputs.hidden = run_block(blocks[index], inputs)
+    check_shared_block_inputs(source.model)
+    inputs = source.capture(batches)
+    for index in tqdm(range(source.num_blocks), desc=description, unit="layer", disable=None):
+        with source.block(index) as block:
+            on_block(index, block, inputs)
+            inputs.hidden = run_block(block, inputs)
+            if on_done is not None:
+                on_done(index, block)

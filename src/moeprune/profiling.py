@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from moeprune import layerwise
 from moeprune.arch import get_adapter
 from moeprune.errors import MoepruneError
 
@@ -219,7 +220,7 @@ def profiling(model: nn.Module) -> Iterator[dict[int, ExpertStatsAccumulator]]:
     adapter = get_adapter(model)
     accumulators = {
         layer.index: ExpertStatsAccumulator(
-            layer.num_experts, layer.router_weight.shape[1], layer.intermediate_size, layer.router_weight.device
+            layer.num_experts, layer.router_weight.shape[1], layer.intermediate_size, _stats_device(model, layer)
         )
         for layer in adapter.layers
     }
@@ -243,6 +244,12 @@ def profiling(model: nn.Module) -> Iterator[dict[int, ExpertStatsAccumulator]]:
         for handle in handles:
             handle.remove()
         model.set_experts_implementation(previous)
+
+
+def _stats_device(model: nn.Module, layer) -> torch.device:
+    """Where a layer's sums live: beside its router, or (streaming skeleton, router on meta) beside the embeddings."""
+    device = layer.router_weight.device
+    return device if device.type != "meta" else layerwise.source_for(model, get_adapter(model)).device
 
 
 def _logit_hook(accumulator: ExpertStatsAccumulator):
@@ -294,14 +301,30 @@ def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> Any:
         return model(**inputs)
 
 
+def _profile_pass(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> int:
+    """Push every batch through the model (inside `profiling`); returns the number of batches.
+
+    A streaming skeleton (`moeprune.streaming`) is run layer by layer through `layerwise.run`, each decoder
+    layer read from disk once; its blocks see the same inputs as in one full forward pass per batch.
+    """
+    if not layerwise.is_streamed(model):
+        count = 0
+        for batch in tqdm(batches, desc="profile", unit="batch", disable=None):
+            forward_batch(model, batch)
+            count += 1
+        return count
+    batches = list(batches)
+    if batches:
+        source = layerwise.source_for(model, get_adapter(model))
+        layerwise.run(source, batches, lambda *_: None, description="profile (streaming)")
+    return len(batches)
+
+
 def profile_model(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Profile:
     """Run every calibration batch through `model` once and collect the per-layer statistics."""
     start = time.perf_counter()
-    batch_count = 0
     with profiling(model) as accumulators:
-        for batch in tqdm(batches, desc="profile", unit="batch", disable=None):
-            forward_batch(model, batch)
-            batch_count += 1
+        batch_count = _profile_pass(model, batches)
     if batch_count == 0:
         raise MoepruneError("the calibration data is empty; make it with `moeprune calibrate --samples N`")
     layers = {index: acc.result() for index, acc in accumulators.items()}

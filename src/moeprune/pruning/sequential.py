@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter
@@ -124,9 +125,10 @@ def block_outlier_ratio(adapter: MoEAdapter, index: int, stats: dict[str, InputS
 
 
 def owl_sparsities(
-    model: nn.Module, adapter: MoEAdapter, batches: list, settings: PruneSettings
+    source: layerwise.BlockSource, batches: list, settings: PruneSettings
 ) -> tuple[list[float], list[float]]:
     """A dense pass computing each block's outlier ratio, mapped to per-block sparsities around the target."""
+    adapter = source.adapter
     ratios: list[float] = []
 
     def observe(index: int, block: nn.Module, inputs: layerwise.BlockInputs) -> None:
@@ -135,17 +137,30 @@ def owl_sparsities(
         )
         ratios.append(block_outlier_ratio(adapter, index, stats, settings.owl_m))
 
-    layerwise.run(model, adapter, batches, observe, description="OWL outlier ratios")
+    layerwise.run(source, batches, observe, description="OWL outlier ratios")
     return owl_layer_sparsities(ratios, settings.sparsity, lam=settings.owl_lambda), ratios
 
 
-def prune_model(model: nn.Module, adapter: MoEAdapter, batches: list, settings: PruneSettings) -> list[dict[str, Any]]:
-    """Prune the whole model block by block; returns the per-block sparsity report."""
-    blocks = len(adapter.decoder_layers)
+def prune_model(
+    source: layerwise.BlockSource,
+    batches: list,
+    settings: PruneSettings,
+    on_done: layerwise.OnDone | None = None,
+) -> list[dict[str, Any]]:
+    """Prune the whole model block by block; returns the per-block sparsity report.
+
+    Args:
+        source: the blocks (`layerwise.InMemoryBlocks` or a `streaming.StreamingModel`).
+        batches: calibration batches (empty for magnitude without OWL).
+        settings: what to prune and how.
+        on_done: called with each block once it is pruned (streaming: write it out before release).
+    """
+    adapter = source.adapter
+    blocks = source.num_blocks
     ratios: list[float | None] = [None] * blocks
     sparsities = [settings.sparsity] * blocks
     if settings.owl:
-        sparsities, ratios = owl_sparsities(model, adapter, batches, settings)
+        sparsities, ratios = owl_sparsities(source, batches, settings)
     settings.layer_sparsities = sparsities
     report: list[dict[str, Any]] = []
 
@@ -160,8 +175,11 @@ def prune_model(model: nn.Module, adapter: MoEAdapter, batches: list, settings: 
         report.append(entry)
 
     if settings.method.needs_inputs:
-        layerwise.run(model, adapter, batches, prune, description=f"{settings.method.name} pruning")
-    else:
-        for index in range(blocks):
-            prune(index, adapter.decoder_layers[index], layerwise.BlockInputs())
+        layerwise.run(source, batches, prune, description=f"{settings.method.name} pruning", on_done=on_done)
+        return report
+    for index in tqdm(range(blocks), desc=f"{settings.method.name} pruning", unit="layer", disable=None):
+        with source.block(index) as block:
+            prune(index, block, layerwise.BlockInputs())
+            if on_done is not None:
+                on_done(index, block)
     return report

@@ -1,6 +1,6 @@
 """NAEE layer-wise expert enumeration (Lu et al., 2024, "Not All Experts are Equal", https://arxiv.org/abs/2402.14800).
 
-Per MoE layer, with the block input X cached from one calibration forward pass, every keep-set K of
+Per MoE layer, with the block input X recorded in one layer-by-layer calibration pass, every keep-set K of
 size `keep` is tried: the router sees only the experts in K (logits of the others are -inf, so they are
 never chosen and the gate is computed over K, exactly as in the pruned model), the block output Z_K is
 recomputed, and loss(K) = ||Z - Z_K||_F, accumulated in float64 over all calibration tokens. The
@@ -29,11 +29,10 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from moeprune import layerwise
 from moeprune.arch import MoELayer
 from moeprune.errors import MoepruneError
-from moeprune.profiling import forward_batch
 from moeprune.scoring import SCORERS
 from moeprune.scoring.base import LayerScores, ScoringContext
 
@@ -101,25 +100,21 @@ def count_keep_sets(ranges: list[range], keep: int) -> int:
     return math.prod(math.comb(len(members), per_group) for members in ranges)
 
 
-def cache_block_inputs(model: nn.Module, layers: list[MoELayer], batches: list[dict[str, Tensor]]) -> dict[int, Tensor]:
-    """One calibration forward pass; the input `[T, H]` of every MoE block (on CPU)."""
-    cached: dict[int, list[Tensor]] = {layer.index: [] for layer in layers}
+class BlockInputRecorder:
+    """Records the input `[T, H]` of one MoE block while its decoder layer runs (a forward pre-hook)."""
 
-    def hook_for(index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cached[index].append(hidden.detach().reshape(-1, hidden.shape[-1]).cpu())
+    def __init__(self, layer: MoELayer):
+        self.parts: list[Tensor] = []
+        self.handle = layer.block.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-        return hook
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.parts.append(hidden.detach().reshape(-1, hidden.shape[-1]))
 
-    handles = [layer.block.register_forward_pre_hook(hook_for(layer.index), with_kwargs=True) for layer in layers]
-    try:
-        for batch in tqdm(batches, desc="naee: cache block inputs", unit="batch", disable=None):
-            forward_batch(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {index: torch.cat(parts) for index, parts in cached.items()}
+    def finish(self) -> Tensor:
+        """Remove the hook; the recorded inputs of every batch, concatenated."""
+        self.handle.remove()
+        return torch.cat(self.parts)
 
 
 def _mixture(outputs: Tensor, index: Tensor, weights: Tensor) -> Tensor:
@@ -182,17 +177,38 @@ def _plan(ctx: ScoringContext) -> dict[int, list[range]]:
 
 @SCORERS.register("naee", needs=("calibration",))
 def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
-    """Keep, in every layer, the keep-set whose block output is closest to the unpruned one."""
+    """Keep, in every layer, the keep-set whose block output is closest to the unpruned one.
+
+    One layer-by-layer pass (`layerwise.run`): each MoE block's inputs are recorded while its decoder
+    layer propagates the calibration states, then its keep-sets are enumerated while the layer is in
+    memory; a streaming skeleton (`moeprune.streaming`) reads each layer from disk once.
+    """
     plans = _plan(ctx)  # refuse before spending a forward pass
     batches = ctx.require_batches("naee")
-    inputs = cache_block_inputs(ctx.model, ctx.adapter.layers, batches)
-    ctx.forward_passes += 1
+    moe = {layer.index: layer for layer in ctx.adapter.layers}
+    recorders: dict[int, BlockInputRecorder] = {}
     result, details = {}, {}
-    for layer in tqdm(ctx.adapter.layers, desc="naee: enumerate", unit="layer", disable=None):
-        candidates = keep_sets(plans[layer.index], ctx.keep_count(layer))
-        losses = enumerate_losses(layer, inputs[layer.index], candidates)
+
+    def record(index: int, block: nn.Module, inputs) -> None:
+        if index in moe:
+            recorders[index] = BlockInputRecorder(moe[index])
+
+    def enumerate_layer(index: int, block: nn.Module) -> None:
+        if index not in moe:
+            return
+        layer = moe[index]
+        candidates = keep_sets(plans[index], ctx.keep_count(layer))
+        losses = enumerate_losses(layer, recorders.pop(index).finish(), candidates)
         best = int(torch.argmin(losses))  # ties: the first keep-set in lexicographic order
-        result[layer.index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
-        details[str(layer.index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
+        result[index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
+        details[str(index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
+
+    source = layerwise.source_for(ctx.model, ctx.adapter)
+    try:
+        layerwise.run(source, batches, record, description="naee: enumerate", on_done=enumerate_layer)
+    finally:
+        for recorder in recorders.values():
+            recorder.handle.remove()
+    ctx.forward_passes += 1
     ctx.extra["naee"] = {"block_evaluations": sum(d["keep_sets"] for d in details.values()), "layers": details}
     return result

@@ -20,6 +20,7 @@ from moeprune.arch import load_model, weights_sha256
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, sha256_file
 from moeprune.profiling import profile_model, save_profile
+from moeprune.streaming import StreamingModel, use_streaming
 
 
 def _load_calib(path: str | Path) -> dict[str, Tensor]:
@@ -50,16 +51,17 @@ def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, Ten
 def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8) -> dict[str, Any]:
     """Profile `model` on the calibration file `calib`; write the profile directory `out`.
 
+    With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
+    `moeprune.streaming.use_streaming`) one decoder layer is in memory at a time; the statistics are the
+    same as in memory.
+
     Returns:
         The summary written to `out/profile.json`.
     """
     start = time.perf_counter()
-    if streaming:
-        raise MoepruneError(
-            "streaming profiling is not implemented yet; run with streaming: false (the model must fit in memory)"
-        )
     batches = calibration_batches(calib, batch_size)
-    net = load_model(model)
+    streamed = use_streaming(model, streaming)
+    net = StreamingModel(model).model if streamed else load_model(model)
     profile = profile_model(net, batches)
     profile.summary.update(
         {
@@ -68,7 +70,7 @@ def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size
             "calibration": str(calib),
             "calibration_sha256": sha256_file(calib),
             "batch_size": batch_size,
-            "streaming": streaming,
+            "streaming": streamed,
             "seconds": round(time.perf_counter() - start, 3),
         }
     )

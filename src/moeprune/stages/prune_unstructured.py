@@ -10,10 +10,13 @@ from moeprune.arch import get_adapter, load_model, save_model_dir
 from moeprune.arch.linears import count_weights
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
+from moeprune.layerwise import InMemoryBlocks
 from moeprune.lineage import base_stats, build_lineage, read_lineage, write_lineage, write_model_card
 from moeprune.pruning.masks import check_nm, check_sparsity
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
+from moeprune.streaming import StreamingModel, StreamingWriter, count_streamed_weights, use_streaming
+from moeprune.streaming import base_stats as streaming_base_stats
 
 REPORT_FILE = "sparsity_report.json"
 TARGETS = ("all", "experts")
@@ -47,13 +50,29 @@ def _check_arguments(method, sparsity, total_sparsity, nm, owl, calib, targets) 
         raise MoepruneError(f"calibration file '{calib}' does not exist; make it with `moeprune calibrate`")
 
 
-def _rate(model_dir: Path, adapter, model, sparsity, total_sparsity, targets) -> float:
+def _open(model: Path, streaming: bool):
+    """The blocks to prune: a streamed checkpoint when asked for or too large for memory, else the loaded model."""
+    if use_streaming(model, streaming):
+        return StreamingModel(model), True
+    net = load_model(model)
+    return InMemoryBlocks(net, get_adapter(net)), False
+
+
+def _original_stats(source, streamed: bool) -> dict[str, Any]:
+    return streaming_base_stats(source) if streamed else base_stats(source.model)
+
+
+def _rate(model_dir: Path, source, streamed: bool, sparsity, total_sparsity, targets) -> float:
     if total_sparsity is None:
         return float(sparsity)
     record = read_lineage(model_dir)
-    stats = record["base_stats"] if record else base_stats(model)
-    _, nonzero = count_weights(adapter)
-    targeted, _ = count_weights(adapter, targets)
+    stats = record["base_stats"] if record else _original_stats(source, streamed)
+    if streamed:
+        _, nonzero = count_streamed_weights(source)
+        targeted, _ = count_streamed_weights(source, targets)
+    else:
+        _, nonzero = count_weights(source.adapter)
+        targeted, _ = count_weights(source.adapter, targets)
     return total_to_unstructured_rate(total_sparsity, stats["prunable_params"], nonzero, targeted)
 
 
@@ -71,18 +90,23 @@ def run(
     streaming: bool = False,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report."""
+    """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
+
+    With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
+    `moeprune.streaming.use_streaming`) one decoder layer is in memory at a time and each pruned layer is
+    written to `out` as soon as it is done; the result is the same as in memory.
+    """
     start = time.perf_counter()
     if method == "none":
         return _copy(model, out, start)
     spec = get_unstructured_method(method)
     pattern = parse_nm(nm)
     _check_arguments(spec, sparsity, total_sparsity, pattern, owl, calib, targets)
-    if streaming:
-        raise MoepruneError("--streaming is not available for prune-unstructured yet; run without it")
-    net = load_model(model)
-    adapter = get_adapter(net)
-    rate = 1.0 - pattern[0] / pattern[1] if pattern else _rate(model, adapter, net, sparsity, total_sparsity, targets)
+    source, streamed = _open(model, streaming)
+    if pattern:
+        rate = 1.0 - pattern[0] / pattern[1]
+    else:
+        rate = _rate(model, source, streamed, sparsity, total_sparsity, targets)
     settings = PruneSettings(
         method=spec, sparsity=rate, targets=targets, nm=pattern, owl=owl, calibrate_all_experts=calibrate_all_experts
     )
@@ -95,21 +119,23 @@ def run(
         "targets": targets,
         "calibrate_all_experts": calibrate_all_experts,
     }
-    record = build_lineage(stage="prune-unstructured", params=params, parent=model, parent_model=net, calibration=calib)
+    record = build_lineage(
+        stage="prune-unstructured", params=params, parent=model, parent_model=None if streamed else source.model,
+        calibration=calib,
+    )
+    if streamed and not record["base_stats"]:
+        record["base_stats"] = _original_stats(source, streamed)
     batches = _batches(calib, batch_size) if (spec.needs_inputs or owl) else []
-    report = prune_model(net, adapter, batches, settings)
-    record["params"]["layer_sparsities"] = [round(s, 6) for s in settings.layer_sparsities]
-    zeros = sum(entry["zeros"] for entry in report)
-    weights = sum(entry["weights"] for entry in report)
-    summary = {
-        "method": method,
-        "rate": rate,
-        "weight_sparsity": zeros / weights if weights else 0.0,
-        "layers": report,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
     with atomic_dir(out) as tmp:
-        save_model_dir(net, model, tmp)
+        if streamed:
+            writer = StreamingWriter(source, tmp)
+            report = prune_model(source, batches, settings, on_done=writer.write_block)
+            writer.finish(model)
+        else:
+            report = prune_model(source, batches, settings)
+            save_model_dir(source.model, model, tmp)
+        record["params"]["layer_sparsities"] = [round(s, 6) for s in settings.layer_sparsities]
+        summary = _summary(method, rate, report, streamed, start)
         write_lineage(tmp, record)
         write_json(tmp / REPORT_FILE, summary)
         write_model_card(
@@ -121,6 +147,19 @@ def run(
             ],
         )
     return summary
+
+
+def _summary(method: str, rate: float, report: list[dict[str, Any]], streamed: bool, start: float) -> dict[str, Any]:
+    zeros = sum(entry["zeros"] for entry in report)
+    weights = sum(entry["weights"] for entry in report)
+    return {
+        "method": method,
+        "rate": rate,
+        "weight_sparsity": zeros / weights if weights else 0.0,
+        "layers": report,
+        "streaming": streamed,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _batches(calib: Path, batch_size: int) -> list:

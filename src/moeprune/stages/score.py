@@ -27,6 +27,7 @@ from moeprune.scoring.router_change import check_same_architecture
 from moeprune.stages.profile import calibration_batches
 
 CALIB_BATCH_SIZE = 8
+STREAMING_METHODS = ("naee",)  # methods that can read the model one decoder layer at a time
 _NEED_FLAGS = {
     "profile": "--profile DIR (from `moeprune profile`)",
     "reference": "--reference DIR (the pretrained checkpoint the model was fine-tuned from)",
@@ -86,6 +87,22 @@ def _check_keep_sets(ctx: ScoringContext, layers: dict) -> None:
     validate_keep_sets(ctx.adapter, {index: entry.keep for index, entry in layers.items()})
 
 
+def _open_model(model: Path, method: str, options: dict[str, Any]):
+    """The model in memory, or (naee with option `streaming`, or a checkpoint above the memory budget) a
+    streaming skeleton whose decoder layers are read from disk one at a time (`moeprune.streaming`)."""
+    from moeprune.streaming import StreamingModel, use_streaming
+
+    requested = bool(options.get("streaming", False))
+    if requested and method not in STREAMING_METHODS:
+        raise MoepruneError(
+            f"the streaming option applies to {', '.join(STREAMING_METHODS)} only; drop it for method '{method}'"
+        )
+    if method in STREAMING_METHODS and use_streaming(model, requested):
+        options["streaming"] = True
+        return StreamingModel(model).model
+    return load_model(model)
+
+
 def run(
     model: Path,
     method: str,
@@ -107,7 +124,7 @@ def run(
     scorer = SCORERS.get(method)
     _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
     options = coerce_options(options)
-    net = load_model(model)
+    net = _open_model(model, method, options)
     adapter = get_adapter(net)
     model_sha = weights_sha256(model)
     reference_model = None

@@ -1,0 +1,273 @@
+"""Streaming memory: peak RSS of `profile` + `prune-unstructured --method wanda`, in memory vs streaming.
+
+Target (issue 4): streaming peak <= 0.15 x checkpoint size. The checkpoint is a Mixtral-shaped random
+model (16 layers, 8 experts top-2, hidden 1024, expert intermediate 3840, vocab 32000, bf16: about
+3.2 GB), written layer by layer straight into safetensors shards (legacy per-expert key names, as
+`save_pretrained` writes them), so building it needs about one layer of memory. A 2-layer checkpoint
+from the same writer is first loaded with stock `from_pretrained` to show the layout is accepted.
+
+Each mode runs in its own subprocess (profile stage, then wanda at 50%, 8 x 64 calibration tokens);
+peak RSS is the process's VmHWM (/proc/self/status, which includes memory-mapped file pages). Python +
+torch + transformers with the Mixtral modeling code imported already hold a few hundred MB, so the
+results give the peak and the peak above that import floor. The streamed and in-memory outputs
+(profile tensors and pruned weights) are compared tensor by tensor. The checkpoint is deleted at the end.
+
+    .venv/bin/python bench/bench_streaming.py            # prints a table, writes bench/results/streaming.json
+    .venv/bin/python bench/bench_streaming.py --layers 4 # a smaller run (the target needs the full size)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "streaming.json"
+TARGET = 0.15
+SHAPE = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=3840,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+    dtype="bfloat16",
+)
+SAMPLES, SEQ_LEN = 8, 64
+SPARSITY = 0.5
+
+
+def _peak_rss() -> int:
+    """Peak resident set of this process in bytes (VmHWM; ru_maxrss as a fallback)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _random(shape: tuple[int, ...], generator: torch.Generator, std: float = 0.02) -> torch.Tensor:
+    return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
+
+
+def _layer_tensors(index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One decoder layer under the on-disk (legacy) Mixtral names."""
+    hidden, inter, experts = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["num_local_experts"]
+    kv = hidden // SHAPE["num_attention_heads"] * SHAPE["num_key_value_heads"]
+    prefix = f"model.layers.{index}."
+    tensors = {
+        f"{prefix}input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        f"{prefix}post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        f"{prefix}self_attn.q_proj.weight": _random((hidden, hidden), generator),
+        f"{prefix}self_attn.k_proj.weight": _random((kv, hidden), generator),
+        f"{prefix}self_attn.v_proj.weight": _random((kv, hidden), generator),
+        f"{prefix}self_attn.o_proj.weight": _random((hidden, hidden), generator),
+        f"{prefix}block_sparse_moe.gate.weight": _random((experts, hidden), generator, std=0.5),
+    }
+    for expert in range(experts):
+        moe = f"{prefix}block_sparse_moe.experts.{expert}."
+        tensors[f"{moe}w1.weight"] = _random((inter, hidden), generator)
+        tensors[f"{moe}w3.weight"] = _random((inter, hidden), generator)
+        tensors[f"{moe}w2.weight"] = _random((hidden, inter), generator)
+    return tensors
+
+
+def write_checkpoint(out: Path, layers: int, seed: int = 0) -> int:
+    """A random Mixtral checkpoint, one shard per layer (plus one for the rest); returns its bytes on disk."""
+    from transformers import MixtralConfig
+
+    from moeprune.shards import INDEX_FILE, write_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    MixtralConfig(num_hidden_layers=layers, **SHAPE).save_pretrained(out)
+    generator = torch.Generator().manual_seed(seed)
+    shards = layers + 1
+    weight_map, total = {}, 0
+    for number in range(1, shards + 1):
+        if number <= layers:
+            tensors = _layer_tensors(number - 1, generator)
+        else:
+            vocab, hidden = SHAPE["vocab_size"], SHAPE["hidden_size"]
+            tensors = {
+                "model.embed_tokens.weight": _random((vocab, hidden), generator),
+                "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                "lm_head.weight": _random((vocab, hidden), generator),
+            }
+        name = f"model-{number:05d}-of-{shards:05d}.safetensors"
+        total += write_file(out / name, tensors)
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return sum(path.stat().st_size for path in out.glob("*.safetensors"))
+
+
+def check_layout(workdir: Path) -> dict:
+    """Write a 2-layer checkpoint with the same writer and load it with stock `from_pretrained`."""
+    from transformers import AutoModelForCausalLM
+
+    from moeprune.shards import ShardReader
+
+    small = workdir / "layout-check"
+    write_checkpoint(small, layers=2, seed=1)
+    model, info = AutoModelForCausalLM.from_pretrained(small, output_loading_info=True)
+    reader = ShardReader(small)
+    experts = model.model.layers[1].mlp.experts
+    w1 = reader.read("model.layers.1.block_sparse_moe.experts.3.w1.weight")
+    w2 = reader.read("model.layers.1.block_sparse_moe.experts.3.w2.weight")
+    fused_ok = torch.equal(experts.gate_up_proj[3, : w1.shape[0]], w1) and torch.equal(experts.down_proj[3], w2)
+    problems = {k: sorted(v) for k, v in info.items() if isinstance(v, (list, set)) and len(v)}
+    shutil.rmtree(small)
+    if problems or not fused_ok:
+        raise SystemExit(f"stock from_pretrained did not accept the layout: {problems}, experts fused: {fused_ok}")
+    return {"loads_with_from_pretrained": True, "experts_fused_as_written": fused_ok, "loading_problems": problems}
+
+
+def worker(mode: str, model: Path, calib: Path, out: Path) -> dict:
+    """One mode in this process: profile, then wanda; returns peak RSS and timings."""
+    from transformers import MixtralForCausalLM  # noqa: F401  (the modeling code is part of the floor)
+
+    from moeprune.stages import profile as profile_stage
+    from moeprune.stages import prune_unstructured
+
+    streaming = mode == "streaming"
+    floor = _peak_rss()
+    start = time.perf_counter()
+    profile_stage.run(model=model, calib=calib, out=out / "profile", streaming=streaming)
+    profiled = time.perf_counter()
+    after_profile = _peak_rss()
+    summary = prune_unstructured.run(
+        model=model, method="wanda", sparsity=SPARSITY, calib=calib, out=out / "pruned", streaming=streaming
+    )
+    return {
+        "mode": mode,
+        "streamed": bool(summary["streaming"]),
+        "import_floor_bytes": floor,
+        "peak_after_profile_bytes": after_profile,
+        "peak_rss_bytes": _peak_rss(),
+        "profile_seconds": round(profiled - start, 2),
+        "prune_seconds": round(time.perf_counter() - profiled, 2),
+        "weight_sparsity": summary["weight_sparsity"],
+    }
+
+
+def _run_worker(mode: str, model: Path, calib: Path, out: Path) -> dict:
+    env = {**os.environ, "MOEPRUNE_MEMORY_BUDGET_GB": "100000", "TQDM_DISABLE": "1"}  # the flag decides, not RAM
+    command = [sys.executable, __file__, "--worker", mode, "--model", str(model), "--calib", str(calib)]
+    done = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {mode} worker failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_outputs(first: Path, second: Path) -> dict:
+    """Tensor-by-tensor equality of two model directories (one tensor in memory at a time)."""
+    from moeprune.shards import ShardReader
+
+    a, b = ShardReader(first), ShardReader(second)
+    same_keys = set(a.files) == set(b.files)
+    differing = [key for key in sorted(a.files) if key in b.files and not torch.equal(a.read(key), b.read(key))]
+    identical = same_keys and not differing
+    return {"same_keys": same_keys, "tensors": len(a.files), "differing": differing[:5], "identical": identical}
+
+
+def main(layers: int, workdir: Path, keep: bool) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout = check_layout(workdir)
+    checkpoint = workdir / "mixtral-random"
+    start = time.perf_counter()
+    size = write_checkpoint(checkpoint, layers)
+    build_seconds = time.perf_counter() - start
+    calib = workdir / "calib.safetensors"
+    ids = torch.randint(3, SHAPE["vocab_size"], (SAMPLES, SEQ_LEN), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids}, str(calib))
+    runs = {}
+    try:
+        for mode in ("memory", "streaming"):
+            runs[mode] = _run_worker(mode, checkpoint, calib, workdir / mode)
+            print(f"{mode}: peak {runs[mode]['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+        pruned = compare_outputs(workdir / "memory" / "pruned", workdir / "streaming" / "pruned")
+        profile_a = load_file(str(workdir / "memory" / "profile" / "profile.safetensors"))
+        profile_b = load_file(str(workdir / "streaming" / "profile" / "profile.safetensors"))
+        profile_same = profile_a.keys() == profile_b.keys() and all(
+            torch.equal(profile_a[key], profile_b[key]) for key in profile_a
+        )
+    finally:
+        if not keep:
+            for path in (checkpoint, workdir / "memory", workdir / "streaming"):
+                shutil.rmtree(path, ignore_errors=True)
+    streaming = runs["streaming"]
+    peak_ratio = streaming["peak_rss_bytes"] / size
+    above_floor = (streaming["peak_rss_bytes"] - streaming["import_floor_bytes"]) / size
+    return {
+        "benchmark": "streaming memory: profile + wanda pruning, in memory vs streaming",
+        "checkpoint": {"layers": layers, **SHAPE, "bytes": size, "gib": round(size / 2**30, 3),
+                       "build_seconds": round(build_seconds, 1)},
+        "calibration": {"samples": SAMPLES, "seq_len": SEQ_LEN},
+        "layout_check": layout,
+        "runs": runs,
+        "streaming_peak_over_checkpoint": round(peak_ratio, 4),
+        "streaming_peak_above_import_floor_over_checkpoint": round(above_floor, 4),
+        "memory_peak_over_checkpoint": round(runs["memory"]["peak_rss_bytes"] / size, 4),
+        "target": TARGET,
+        "target_met": peak_ratio <= TARGET,
+        "target_met_above_import_floor": above_floor <= TARGET,
+        "outputs_identical": {"profile": profile_same, "pruned_weights": pruned["identical"], "pruned_detail": pruned},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _table(result: dict) -> str:
+    lines = [f"checkpoint: {result['checkpoint']['gib']} GiB ({result['checkpoint']['layers']} layers)"]
+    for mode, run in result["runs"].items():
+        lines.append(
+            f"{mode:>9}: peak RSS {run['peak_rss_bytes'] / 2**30:6.2f} GiB "
+            f"(import floor {run['import_floor_bytes'] / 2**30:.2f}), profile {run['profile_seconds']} s, "
+            f"wanda {run['prune_seconds']} s"
+        )
+    lines.append(
+        f"streaming peak / checkpoint = {result['streaming_peak_over_checkpoint']} "
+        f"(above import floor: {result['streaming_peak_above_import_floor_over_checkpoint']}), target <= {TARGET}"
+    )
+    lines.append(f"outputs identical: {result['outputs_identical']['profile']} (profile), "
+                 f"{result['outputs_identical']['pruned_weights']} (pruned weights)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--workdir", type=Path, default=None, help="Where the checkpoint goes (default: a temp dir).")
+    parser.add_argument("--keep", action="store_true", help="Keep the checkpoint and outputs.")
+    parser.add_argument("--worker", choices=("memory", "streaming"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--calib", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.calib, args.out)))
+        sys.exit(0)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="moeprune-bench-streaming-"))
+    result = main(args.layers, workdir, args.keep)
+    if args.workdir is None and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(_table(result))
+    if args.layers == 16:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {RESULTS}")

@@ -1,0 +1,197 @@
+"""Streaming mode: one decoder layer in memory at a time gives exactly the in-memory results."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from moeprune import layerwise
+from moeprune.arch import load_model
+from moeprune.errors import MoepruneError
+from moeprune.shards import ShardReader, write_file
+from moeprune.stages import profile as profile_stage
+from moeprune.stages import prune_unstructured
+from moeprune.stages import score as score_stage
+from moeprune.streaming import INDEX_FILE, StreamingModel, memory_budget_bytes, use_streaming
+from moeprune.testing import tiny_moe_model
+
+FAMILIES = ("mixtral", "deepseek_v3")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def saved(request, tmp_path_factory):
+    """A tiny model of the family, saved sharded (index json) as large checkpoints are, plus calibration data."""
+    root = tmp_path_factory.mktemp(request.param)
+    tiny_moe_model(request.param).save_pretrained(root / "model", max_shard_size="60KB")
+    calib = root / "calib.safetensors"
+    save_file({"input_ids": torch.randint(3, 128, (6, 16), generator=torch.Generator().manual_seed(1))}, str(calib))
+    return root, calib
+
+
+def _state(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def test_shard_files_round_trip_with_safetensors(tmp_path):
+    tensors = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "scalar": torch.tensor(2.5),
+        "mask": torch.tensor([True, False, True]),
+        "ids": torch.arange(7, dtype=torch.int64).reshape(7, 1),
+        "strided": torch.randn(4, 6)[:, ::2],
+        "empty": torch.zeros(0, 3),
+    }
+    path = tmp_path / "t.safetensors"
+    assert write_file(path, tensors) == sum(t.numel() * t.element_size() for t in tensors.values())
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+        assert all(torch.equal(handle.get_tensor(name), tensor) for name, tensor in tensors.items())
+    reader = ShardReader(tmp_path)
+    assert all(torch.equal(reader.read(name), tensor) for name, tensor in tensors.items())
+    assert reader.dtype("bf16") == torch.bfloat16
+
+
+def test_checkpoint_is_sharded(saved):
+    root, _ = saved
+    assert (root / "model" / INDEX_FILE).is_file()
+    assert len(list((root / "model").glob("*.safetensors"))) > 1
+
+
+def test_blocks_are_materialised_one_at_a_time_and_match_the_loaded_model(saved):
+    root, _ = saved
+    streamed = StreamingModel(root / "model")
+    reference = load_model(root / "model")
+    assert all(p.is_meta for p in streamed.model.parameters())  # nothing real until asked for
+    with streamed.outside_layers() as model:
+        assert torch.equal(model.get_input_embeddings().weight, reference.get_input_embeddings().weight)
+    assert streamed.model.get_input_embeddings().weight.is_meta
+    for index in range(streamed.num_blocks):
+        with streamed.block(index) as block:
+            expected = reference.get_decoder().layers[index].state_dict()
+            got = block.state_dict()
+            assert got.keys() == expected.keys()
+            assert all(torch.equal(got[name], expected[name]) for name in expected)  # experts fused as on load
+        assert all(p.is_meta for p in block.parameters())
+
+
+def test_profile_statistics_are_identical(saved, tmp_path):
+    root, calib = saved
+    memory = profile_stage.run(model=root / "model", calib=calib, out=tmp_path / "mem", batch_size=4)
+    streamed = profile_stage.run(model=root / "model", calib=calib, out=tmp_path / "str", batch_size=4, streaming=True)
+    assert not memory["streaming"] and streamed["streaming"]
+    expected = load_file(str(tmp_path / "mem" / "profile.safetensors"))
+    got = load_file(str(tmp_path / "str" / "profile.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_naee_keep_sets_are_identical(saved, tmp_path):
+    root, calib = saved
+    common = dict(model=root / "model", method="naee", expert_sparsity=0.5, calib=calib)
+    memory = score_stage.run(out=tmp_path / "mem.json", **common)
+    streamed = score_stage.run(out=tmp_path / "str.json", options={"streaming": True}, **common)
+    assert streamed["layers"] == memory["layers"]  # keep-sets and scores, exactly
+    assert streamed["naee"] == memory["naee"] and streamed["forward_passes"] == 1
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_pruned_weights_are_identical_and_load_with_stock_transformers(saved, tmp_path, method):
+    root, calib = saved
+    common = dict(model=root / "model", method=method, sparsity=0.5, calib=calib, batch_size=4)
+    memory = prune_unstructured.run(out=tmp_path / "mem", **common)
+    streamed = prune_unstructured.run(out=tmp_path / "str", streaming=True, **common)
+    assert streamed["streaming"] and not memory["streaming"]
+    assert [e["zeros"] for e in streamed["layers"]] == [e["zeros"] for e in memory["layers"]]
+    expected, got = _state(tmp_path / "mem"), _state(tmp_path / "str")
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    layers = len(memory["layers"])
+    assert len(list((tmp_path / "str").glob("model-*.safetensors"))) == layers + 1  # one shard per layer + rest
+    weight_map = json.loads((tmp_path / "str" / INDEX_FILE).read_text())["weight_map"]
+    assert any(".experts.0." in key for key in weight_map)  # legacy per-expert names, as save_pretrained writes
+    record = json.loads((tmp_path / "str" / "moeprune.json").read_text())
+    assert record["base_stats"] == json.loads((tmp_path / "mem" / "moeprune.json").read_text())["base_stats"]
+    assert (tmp_path / "str" / "config.json").is_file() and not list(tmp_path.glob(".str.tmp-*"))
+
+
+def test_owl_and_total_sparsity_stream_identically(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_moe_model("mixtral", tie_word_embeddings=True).save_pretrained(model_dir)
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input_ids": torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(2))}, str(calib))
+    for kwargs in ({"owl": True, "sparsity": 0.5}, {"total_sparsity": 0.4}):
+        common = dict(model=model_dir, method="wanda", calib=calib, **kwargs)
+        memory = prune_unstructured.run(out=tmp_path / "mem", **common)
+        streamed = prune_unstructured.run(out=tmp_path / "str", streaming=True, **common)
+        assert streamed["rate"] == memory["rate"]
+        assert [e["target_sparsity"] for e in streamed["layers"]] == [e["target_sparsity"] for e in memory["layers"]]
+        expected, got = _state(tmp_path / "mem"), _state(tmp_path / "str")
+        assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_streaming_is_chosen_when_the_checkpoint_exceeds_the_budget(saved, tmp_path, monkeypatch):
+    root, calib = saved
+    monkeypatch.setenv("MOEPRUNE_MEMORY_BUDGET_GB", "1")
+    assert memory_budget_bytes() == 1024**3 and not use_streaming(root / "model", False)
+    monkeypatch.setenv("MOEPRUNE_MEMORY_BUDGET_GB", "0.00001")  # about 10 KB
+    assert use_streaming(root / "model", False)
+    summary = profile_stage.run(model=root / "model", calib=calib, out=tmp_path / "p")
+    assert summary["streaming"]
+    monkeypatch.setenv("MOEPRUNE_MEMORY_BUDGET_GB", "lots")
+    with pytest.raises(MoepruneError, match="MOEPRUNE_MEMORY_BUDGET_GB"):
+        memory_budget_bytes()
+
+
+def test_errors(saved, tmp_path):
+    root, calib = saved
+    with pytest.raises(MoepruneError, match="applies to naee only"):
+        score_stage.run(model=root / "model", method="random", expert_sparsity=0.5, out=tmp_path / "r.json",
+                        options={"streaming": True})
+    broken = tmp_path / "broken"
+    model = tiny_moe_model("mixtral")
+    model.save_pretrained(broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    del tensors["model.layers.1.self_attn.q_proj.weight"]
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    streamed = StreamingModel(broken)
+    with pytest.raises(MoepruneError, match="lacks weights of layer 1"), streamed.block(1):
+        pass
+    assert layerwise.is_streamed(streamed.model) and not layerwise.is_streamed(model)
+    model.config.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(MoepruneError, match="mixes attention types"):
+        layerwise.check_shared_block_inputs(model)
+
+
+def test_in_place_stacking_equals_transformers_operations():
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    from moeprune.key_conversion import stack_in_place
+
+    converter = get_checkpoint_conversion_mapping("mixtral")[1]  # w1 + w3 -> gate_up_proj
+    generator = torch.Generator().manual_seed(0)
+    matrices = {
+        pattern: [torch.randn(6, 4, generator=generator) for _ in range(3)] for pattern in converter.source_patterns
+    }
+    expected = copy.deepcopy(converter)
+    lazy = copy.deepcopy(converter)
+    for pattern, tensors in matrices.items():
+        for expert, tensor in enumerate(tensors):
+            expected.add_tensor("x.experts.gate_up_proj", f"x.experts.{expert}.{pattern}", pattern, tensor)
+            lazy.add_tensor("x.experts.gate_up_proj", f"x.experts.{expert}.{pattern}", pattern, lambda t=tensor: t)
+    reference = next(iter(expected.convert("x.experts.gate_up_proj").values()))
+    stacked = stack_in_place(lazy)
+    assert stacked.shape == (3, 12, 4) and torch.equal(stacked, reference)
