@@ -18,19 +18,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from moeprune.config import SweepSection, load_params
 from moeprune.errors import MoepruneError
 from moeprune.registry import resolve_tracking_uri
-from tasks.stages import run_experiment
+from tasks.stages import existing_experiments, run_experiment
 
 DASK_PINS = "prefect-dask==0.3.7 'dask[distributed]==2026.8.0'"
 
 
-def grid_points(sweep: SweepSection, base_options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def grid_points(
+    sweep: SweepSection, base_options: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, dict[str, Any]]]:
     """(experiment name, `-S` overrides) per grid point; `none` runs once per expert setting."""
     points, seen = [], set()
     for method, expert, unstructured, total in itertools.product(
         sweep.methods, sweep.expert_sparsity, sweep.unstructured_methods, sweep.total_sparsity
     ):
         target = max(total, expert) if unstructured != "none" else expert
-        name = f"{method}-e{round(expert * 100)}-{unstructured}" + (
+        name = f"{prefix}{method}-e{round(expert * 100)}-{unstructured}" + (
             f"-t{round(target * 100)}" if unstructured != "none" else ""
         )
         if name in seen:
@@ -77,7 +79,11 @@ def run_grid(
 
 
 def sweep(
-    root: str = ".", pipeline_dir: str = ".", dask_address: str | None = None, max_workers: int | None = None
+    root: str = ".",
+    pipeline_dir: str = ".",
+    dask_address: str | None = None,
+    max_workers: int | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the params.yaml grid as DVC experiments; returns one `{name, overrides, ok}` per point.
 
@@ -86,14 +92,24 @@ def sweep(
         pipeline_dir: the folder holding dvc.yaml and params.yaml, relative to `root`.
         dask_address: a Dask scheduler address (`tcp://host:8786`); None runs locally in threads.
         max_workers: parallel points locally (default: params.yaml `sweep.max_workers`).
+        force: rerun points whose experiment already exists for this commit (default: skip them).
     """
     workdir = Path(root) / pipeline_dir
     params = load_params(workdir / "params.yaml")
     options = params.prune_unstructured.options.model_dump(by_alias=True, exclude_none=True)
-    points = grid_points(params.sweep, options)
+    points = grid_points(params.sweep, options, prefix=f"{params.kind}-")
+    done = set() if force else existing_experiments(root)
+    skipped = [
+        {"name": name, "overrides": overrides, "ok": True, "state": "exists"}
+        for name, overrides in points
+        if name in done
+    ]
+    points = [(name, overrides) for name, overrides in points if name not in done]
+    if not points:
+        return skipped
     runner = task_runner(max_workers or params.sweep.max_workers, dask_address)
     tracking_uri = resolve_tracking_uri(None, params, start=workdir)
-    return run_grid.with_options(task_runner=runner)(str(workdir), points, tracking_uri)
+    return skipped + run_grid.with_options(task_runner=runner)(str(workdir), points, tracking_uri)
 
 
 @flow(name="moeprune-sweep", log_prints=True)

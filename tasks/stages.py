@@ -71,6 +71,12 @@ def open_repo(root: str | Path) -> Iterator[Any]:
         yield repo
 
 
+def existing_experiments(root: str | Path) -> set[str]:
+    """Names of the DVC experiments already run on the current commit (a rerun of a sweep skips them)."""
+    with open_repo(root) as repo:
+        return {name for runs in repo.experiments.ls().values() for name, _ in runs}
+
+
 def reproduce(root: str | Path, target: str) -> list[str]:
     """`dvc repro --single-item target` from Python; returns the stages that ran (empty: up to date)."""
     put_venv_on_path()
@@ -126,9 +132,7 @@ def promote_models(params: str | None = None, tracking_uri: str | None = None, d
 
 
 @task(name="dvc-experiment", task_run_name="dvc exp run {name}")
-def run_experiment(
-    cwd: str, name: str, overrides: dict[str, Any], tracking_uri: str | None = None
-) -> dict[str, Any]:
+def run_experiment(cwd: str, name: str, overrides: dict[str, Any], tracking_uri: str | None = None) -> dict[str, Any]:
     """One sweep point: `dvc exp run --temp -n NAME -S key=value ...` in the pipeline's folder.
 
     `tracking_uri` is handed to the experiment as $MLFLOW_TRACKING_URI: it runs in a temporary copy

@@ -36,7 +36,7 @@ SWEEP = {
     "total_sparsity": [0.7],
     "max_workers": 2,
 }
-POINTS = {"router-change-e50-none", "router-change-e50-magnitude-t70"}
+POINTS = {"lm-router-change-e50-none", "lm-router-change-e50-magnitude-t70"}
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -196,10 +196,10 @@ def test_sweep_runs_grid_as_dvc_experiments_on_dask(repo, pipeline_runs, dask_ad
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
     experiments = experiment_metrics(shown)
     assert set(experiments) == POINTS
-    expert_only = experiments["router-change-e50-none"]
+    expert_only = experiments["lm-router-change-e50-none"]
     assert expert_only["expert_sparsity"] == 0.5 and expert_only["weight_sparsity"] == 0.0
     assert 0.3 < expert_only["total_sparsity"] < 0.5  # experts are most, not all, of the weights
-    assert experiments["router-change-e50-magnitude-t70"]["total_sparsity"] == pytest.approx(0.7, abs=0.02)
+    assert experiments["lm-router-change-e50-magnitude-t70"]["total_sparsity"] == pytest.approx(0.7, abs=0.02)
     versions = registry_versions(repo)
     shas = [v.tags["weights_sha256"] for v in versions]
     assert len(shas) == len(set(shas)) == 4  # base, 0.6, 0.7 (found again by the sweep), expert-only

@@ -19,11 +19,16 @@ SHA_KEYS = ("calibration_sha256", "profile_sha256", "scores_sha256")
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The nearest directory holding `.git` or `dvc.yaml`, from `start` (default: cwd) upwards."""
+    """The repository root above `start` (default: cwd): the nearest `.dvc` or `.git` directory.
+
+    A pipeline folder such as pipelines/vision holds a dvc.yaml but shares the repository's MLflow
+    store, so `dvc.yaml` alone marks a root only when no repository is found.
+    """
     here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / ".git").exists() or (candidate / "dvc.yaml").is_file():
-            return candidate
+    for marker in ((".dvc", ".git"), ("dvc.yaml",)):
+        for candidate in (here, *here.parents):
+            if any((candidate / name).exists() for name in marker):
+                return candidate
     return here
 
 
