@@ -1,8 +1,10 @@
 """Activation profiling: one pass over calibration data records what every routed expert does.
 
 transformers' fused experts hide per-expert outputs from hooks, so profiling registers its own experts
-implementation, `moeprune_profile` (../shared/STACK.md, "Profiling hooks"). It runs the same loop as the
-eager implementation, so it returns the eager output, and on the way accumulates, per MoE layer:
+implementation, `moeprune_profile` (../shared/STACK.md, "Profiling hooks"). It runs the eager
+implementation's per-expert math (tokens sorted by expert once; the gate weighting, the output
+accumulation and the statistics batched over all experts), so it returns the eager output bit for bit,
+and accumulates, per MoE layer:
 
     frequency [E]          tokens for which e is among the top_k
     soft_frequency [E]     sum over tokens of the gate weight g_e(x) (0 where e is not chosen)
@@ -145,26 +147,56 @@ def _linear(module: nn.Module, weight: Tensor, bias: Tensor | None, x: Tensor) -
     return F.linear(x, weight.transpose(0, 1) if module.is_transposed else weight, bias)
 
 
-def _expert_forward(module: nn.Module, expert: int, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(intermediate `[t, I]`, output `[t, H]`) of one expert, the math of the eager implementation."""
+def _sorted_experts_forward(module: nn.Module, x: Tensor, counts: list[int]) -> tuple[Tensor, Tensor]:
+    """(intermediate `[S, I]`, output `[S, H]`) of rows sorted by expert, the math of the eager implementation.
+
+    Each expert's rows are one slice of `x` (`counts` rows each, in expert order); the weights are split
+    with one `unbind` per matrix instead of one index per expert.
+    """
     has_bias = getattr(module, "has_bias", False)
-    if module.has_gate:
-        up, up_bias = module.gate_up_proj[expert], module.gate_up_proj_bias[expert] if has_bias else None
-        intermediate = module._apply_gate(_linear(module, up, up_bias, x))
-    else:
-        up, up_bias = module.up_proj[expert], module.up_proj_bias[expert] if has_bias else None
-        intermediate = module.act_fn(_linear(module, up, up_bias, x))
-    down_bias = module.down_proj_bias[expert] if has_bias else None
-    output = _linear(module, module.down_proj[expert], down_bias, intermediate)
-    if getattr(module, "has_post_expert_norm", False):
-        output = module.post_expert_norm(output)
-    return intermediate, output
+    up = module.gate_up_proj if module.has_gate else module.up_proj
+    up_bias = (module.gate_up_proj_bias if module.has_gate else module.up_proj_bias) if has_bias else None
+    ups, downs = up.unbind(0), module.down_proj.unbind(0)
+    up_biases = up_bias.unbind(0) if up_bias is not None else [None] * len(counts)
+    down_biases = module.down_proj_bias.unbind(0) if has_bias else [None] * len(counts)
+    post_norm = getattr(module, "has_post_expert_norm", False)
+    intermediates, outputs = [], []
+    for expert, rows in enumerate(x.split(counts)):
+        if not counts[expert]:
+            continue
+        projected = _linear(module, ups[expert], up_biases[expert], rows)
+        intermediate = module._apply_gate(projected) if module.has_gate else module.act_fn(projected)
+        output = _linear(module, downs[expert], down_biases[expert], intermediate)
+        intermediates.append(intermediate)
+        outputs.append(module.post_expert_norm(output) if post_norm else output)
+    return torch.cat(intermediates), torch.cat(outputs)
+
+
+def _routed_pairs(top_k_index: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """The (token, expert) pairs grouped by expert, in the order eager's `torch.where` visits them.
+
+    Returns:
+        experts `[S]` (ascending), token_idx `[S]`, top_k_pos `[S]` and the pair count per expert
+        (`num_experts + 1` entries; the last counts the expert-parallel sentinel). Within an expert,
+        pairs are ordered by (top-k position, token), as `torch.where(expert_mask[e])` returns them.
+    """
+    tokens = top_k_index.shape[0]
+    flat = top_k_index.transpose(0, 1).reshape(-1)  # [k * T], index = pos * T + token
+    order = torch.sort(flat, stable=True).indices
+    counts = torch.bincount(flat, minlength=num_experts + 1).tolist()
+    return flat[order], order % tokens, order // tokens, counts
 
 
 def profile_experts_forward(
     self: nn.Module, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor
 ) -> Tensor:
     """The `moeprune_profile` experts implementation: eager output, statistics on the side.
+
+    The (token, expert) pairs are sorted by expert once (`_routed_pairs`), so each expert's rows are one
+    slice of a single gather instead of a scan of the whole routing mask per expert. The per-expert matmuls
+    are the eager implementation's; one `index_add_` over the rows in expert order adds each token's
+    expert outputs in the order eager's per-expert `index_add_` calls do (bitwise-equal results). The
+    statistics of all experts are accumulated in one batched call.
 
     Args:
         self: the stacked experts module.
@@ -180,25 +212,16 @@ def profile_experts_forward(
         accumulator.add_routing(top_k_index, top_k_weights)
     final = torch.zeros_like(hidden_states)
     with torch.no_grad():
-        expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)  # [E+1, k, T]
-        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
-    seen: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
-    for (expert,) in expert_hit.tolist():
-        if expert == self.num_experts:  # expert-parallel sentinel
-            continue
-        top_k_pos, token_idx = torch.where(expert_mask[expert])
-        intermediate, output = _expert_forward(self, expert, hidden_states[token_idx])
-        gates = top_k_weights[token_idx, top_k_pos]
+        experts, token_idx, top_k_pos, counts = _routed_pairs(top_k_index, self.num_experts)
+        routed = sum(counts[: self.num_experts])  # the expert-parallel sentinel's pairs sort last
+        token_idx, experts = token_idx[:routed], experts[:routed]
+    gates = top_k_weights[token_idx, top_k_pos[:routed]]
+    inputs = hidden_states[token_idx]
+    if routed:
+        intermediate, output = _sorted_experts_forward(self, inputs, counts[: self.num_experts])
         final.index_add_(0, token_idx, (output * gates[:, None]).to(final.dtype))
         if accumulator is not None:
-            seen.append((expert, token_idx, intermediate, output, gates))
-    if seen:
-        rows = torch.cat([item[1] for item in seen])
-        experts = torch.cat([torch.full_like(item[1], item[0]) for item in seen])
-        accumulator.add_experts(
-            hidden_states[rows], experts, torch.cat([item[2] for item in seen]),
-            torch.cat([item[3] for item in seen]), torch.cat([item[4] for item in seen]),
-        )
+            accumulator.add_experts(inputs, experts, intermediate, output, gates)
     return final
 
 

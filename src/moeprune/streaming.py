@@ -47,6 +47,11 @@ from moeprune.shards import INDEX_FILE, ShardReader, write_file
 
 BUDGET_ENV = "MOEPRUNE_MEMORY_BUDGET_GB"
 BUDGET_SHARE = 0.5  # of available memory, when MOEPRUNE_MEMORY_BUDGET_GB is not set
+# oneDNN (torch's CPU bf16 matmuls) caches a compiled primitive per new matmul shape, 1,024 by default;
+# routed experts see a new row count in nearly every layer, so the cache grew the heap by ~5 MB per
+# streamed layer (bench/bench_streaming.py). oneDNN reads the capacity when it first runs, so set it here,
+# on import, unless the user chose one.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 
 def available_memory_bytes() -> int:
