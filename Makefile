@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo study study-quick bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)
+
+study: $(STAMP)
+	bash scripts/study.sh
+
+study-quick: $(STAMP)
+	bash scripts/study.sh --quick
 
 bench: $(STAMP)
 	set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done

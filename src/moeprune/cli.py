@@ -251,9 +251,14 @@ def serve(params: Annotated[Path | None, typer.Option(help="params.yaml (schedul
 
 
 @app.command()
-def report(out: OutOpt, params: Annotated[Path | None, typer.Option()] = None) -> None:
-    """Write the results report (tables and plots) from the registry."""
-    _call("report", out=out, params=params)
+def report(
+    out: OutOpt,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (registry settings).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
+    study: Annotated[Path | None, typer.Option(help="Study results file (runs/study/study.json).")] = None,
+) -> None:
+    """Write the results report (tables and plots) from the registry or a study results file."""
+    _call("report", out=out, params=params, tracking_uri=tracking_uri, study=study)
 
 
 def main() -> None:

@@ -1,0 +1,164 @@
+"""PNG plots of the results report (matplotlib, Agg backend): one set per study.
+
+Each figure carries the command that reproduces it in its footer. Lines are means over seeds, error
+bars the sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+from moeprune.report import (
+    Group,
+    aggregate,
+    configuration_points,
+    labels_and_columns,
+    pareto_front,
+    rows_of,
+    scoring_costs,
+    sparsity_of,
+)
+
+PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scale(metric: str) -> float:
+    """Accuracies are plotted in percent."""
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
+def title(ax, group: Group, what: str) -> None:
+    """The study's title and what the figure shows, wrapped to the figure's width."""
+    ax.set_title(textwrap.fill(f"{group.title}: {what}", width=90), fontsize=8)
+
+
+def finish(fig, path: Path, footer: str) -> None:
+    """Add the reproduce footer, save and close."""
+    fig.text(0.01, 0.01, footer, fontsize=6, color="dimgray", ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def plot_expert_sparsity(group: Group, path: Path, footer: str) -> None:
+    """Metric vs expert sparsity, one line per method, all starting from the base model."""
+    plt = pyplot()
+    rows = rows_of(group, "expert")
+    labels, columns = labels_and_columns(rows)
+    cells, factor = aggregate(rows, group.metric), scale(group.metric)
+    base = cells.get(("base", 0.0))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in (label for label in labels if label != "base"):
+        xs = [c for c in columns if (label, c) in cells]
+        points = ([(0.0, base)] if base else []) + [(c, cells[(label, c)]) for c in xs]
+        ax.errorbar([100 * x for x, _ in points], [factor * c.mean for _, c in points],
+                    yerr=[factor * c.std for _, c in points], marker="o", capsize=3, label=label)
+    ax.set_xlabel("expert sparsity (% of routed experts removed per MoE layer)")
+    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
+    title(ax, group, "accuracy vs expert sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    finish(fig, path, footer)
+
+
+def plot_total_sparsity(group: Group, path: Path, footer: str) -> None:
+    """Metric vs measured total sparsity: expert-then-unstructured (solid) vs unstructured-only (dashed)."""
+    plt = pyplot()
+    rows = rows_of(group, "combined", "unstructured")
+    labels, columns = labels_and_columns(rows)
+    cells, factor = aggregate(rows, group.metric), scale(group.metric)
+    base = cells.get(("base", 0.0))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in (label for label in labels if label != "base"):
+        kind = next(row.kind for row in rows if row.label == label)
+        xs = [c for c in columns if (label, c) in cells]
+        points = ([(0.0, base)] if base else []) + [(sparsity_of(rows, label, c), cells[(label, c)]) for c in xs]
+        ax.errorbar([100 * x for x, _ in points], [factor * c.mean for _, c in points],
+                    yerr=[factor * c.std for _, c in points], marker="o", capsize=3, label=label,
+                    linestyle="-" if kind == "combined" else "--")
+    ax.set_xlabel("total sparsity (% of decoder Linear weights zero or removed, vs the base)")
+    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
+    title(ax, group, "expert-then-unstructured (solid) vs unstructured-only (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    finish(fig, path, footer)
+
+
+def plot_pareto(group: Group, path: Path, footer: str) -> None:
+    """Every configuration (mean over seeds) and the front of the best accuracy at each total sparsity."""
+    plt = pyplot()
+    points = [p for p in configuration_points(group) if not math.isnan(p[2])]
+    front, factor = pareto_front(points), scale(group.metric)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([100 * p[2] for p in points], [factor * p[3] for p in points], color="lightgray", label="all")
+    ax.step([100 * p[2] for p in front], [factor * p[3] for p in front], where="post", color="crimson",
+            marker="o", label="Pareto front")
+    for label, column, sparsity, value in front:
+        ax.annotate(f"{label} @{100 * column:g}%", (100 * sparsity, factor * value), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("total sparsity (%)")
+    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
+    title(ax, group, "Pareto front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    finish(fig, path, footer)
+
+
+def cost_label(method: str, figures: dict) -> str:
+    """`naee (1 fwd, 56 blocks)`: the method with its forward passes and block evaluations."""
+    extra = []
+    if "forward_passes" in figures:
+        extra.append(f"{figures['forward_passes'].mean:g} fwd")
+    if "block_evaluations" in figures:
+        extra.append(f"{figures['block_evaluations'].mean:g} blocks")
+    return f"{method} ({', '.join(extra)})" if extra else method
+
+
+def plot_cost(group: Group, path: Path, footer: str) -> bool:
+    """Seconds of each scoring method (log scale), forward passes in the labels; False if none recorded."""
+    costs = scoring_costs(group)
+    if not costs:
+        return False
+    plt = pyplot()
+    ordered = sorted(costs.items(), key=lambda item: item[1]["seconds"].mean if "seconds" in item[1] else 0)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(ordered) + 1.8))
+    names = [cost_label(name, figures) for name, figures in ordered]
+    seconds = [max(f["seconds"].mean, 1e-3) if "seconds" in f else 1e-3 for _, f in ordered]
+    ax.barh(names, seconds, xerr=[f["seconds"].std if "seconds" in f else 0 for _, f in ordered], color="steelblue",
+            capsize=3)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds of the scoring step (log scale)")
+    title(ax, group, "cost of each scoring method")
+    finish(fig, path, footer)
+    return True
+
+
+def write_group_plots(group: Group, out: Path, footer: str) -> dict[str, str]:
+    """Write the group's PNG files into `out`; returns {figure: file name}."""
+    slug = "".join(ch if ch.isalnum() else "_" for ch in group.key).strip("_").lower() or "group"
+    files = {}
+    kinds = {row.kind for row in group.rows}
+    if "expert" in kinds:
+        files["expert"] = f"{slug}_accuracy_vs_expert_sparsity.png"
+        plot_expert_sparsity(group, out / files["expert"], footer)
+    if kinds & {"combined", "unstructured"}:
+        files["total"] = f"{slug}_accuracy_vs_total_sparsity.png"
+        plot_total_sparsity(group, out / files["total"], footer)
+    files["pareto"] = f"{slug}_pareto_front.png"
+    plot_pareto(group, out / files["pareto"], footer)
+    if plot_cost(group, out / f"{slug}_scoring_cost.png", footer):
+        files["cost"] = f"{slug}_scoring_cost.png"
+    return files
