@@ -56,20 +56,23 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def base_stats(model: nn.Module) -> dict[str, Any]:
-    """Expert counts and targeted-weight counts of an ORIGINAL model, for sparsity accounting."""
-    from moeprune.arch import get_adapter
-    from moeprune.arch.linears import count_weights
+def base_stats(model: nn.Module, adapter=None) -> dict[str, Any]:
+    """Expert counts and targeted-weight counts of an ORIGINAL model, for sparsity accounting.
 
-    adapter = get_adapter(model)
-    prunable, _ = count_weights(adapter)
+    Counts come from shapes only, so a model whose weights are still on the meta device (streaming)
+    gives the same record as a loaded one.
+    """
+    from moeprune.arch import get_adapter
+    from moeprune.arch.linears import prunable_weights
+
+    adapter = adapter or get_adapter(model)
     return {
         "family": adapter.family.name,
         "moe_layers": adapter.moe_indices,
         "experts_per_layer": adapter.layers[0].num_experts,
         "routed_experts": sum(layer.num_experts for layer in adapter.layers),
         "top_k": adapter.layers[0].top_k,
-        "prunable_params": prunable,
+        "prunable_params": sum(weight.numel() for _, weight in prunable_weights(adapter)),
         "params": sum(p.numel() for p in model.parameters()),
     }
 

@@ -313,17 +313,7 @@ def count_streamed_weights(streamed: StreamingModel, targets: str = "all") -> tu
 
 
 def base_stats(streamed: StreamingModel) -> dict[str, Any]:
-    """`lineage.base_stats` without loading the weights (counts come from shapes)."""
-    adapter = streamed.adapter
-    prunable = sum(
-        weight.numel() for index in range(streamed.num_blocks) for _, weight in layer_linear_weights(adapter, index)
-    )
-    return {
-        "family": adapter.family.name,
-        "moe_layers": adapter.moe_indices,
-        "experts_per_layer": adapter.layers[0].num_experts,
-        "routed_experts": sum(layer.num_experts for layer in adapter.layers),
-        "top_k": adapter.layers[0].top_k,
-        "prunable_params": prunable,
-        "params": sum(p.numel() for p in streamed.model.parameters()),
-    }
+    """`lineage.base_stats` of a streamed model, without loading its weights."""
+    from moeprune.lineage import base_stats as lineage_base_stats
+
+    return lineage_base_stats(streamed.model, streamed.adapter)
