@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from moeprune.config import load_params
-from tasks.stages import STAGE_TASKS, STAGES, commit_stage, register_model, stage_target
+from tasks.stages import STAGE_TASKS, STAGES, commit_stage, register_model, reproduce_stage, stage_target
 
 TABLE_KEYS = ("expert_sparsity", "weight_sparsity", "total_sparsity", "nonzero_params", "size_bytes")
 
@@ -81,6 +81,7 @@ def pipeline(
         registered[role] = record
         rows.append({**json.loads(metrics.read_text()), "model": role, "version": record["version"]})
     commit_stage(root, stage_target(pipeline_dir, "register"))
+    ran["report"] = reproduce_stage(root, stage_target(pipeline_dir, "report"))
     table = results_table(rows, params.promote.metric)
     create_markdown_artifact(table, key=f"moeprune-results-{params.kind}", description="moeprune results")
     logger.info("results:\n%s", table)
