@@ -69,6 +69,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """One sha256 over every safetensors shard of a model directory."""
+    from moeprune.errors import MoepruneError
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise MoepruneError(f"{model_dir}: no *.safetensors weights; pass a directory written by save_pretrained")
+    return sha256_files(files)
+
+
 def sha256_files(paths: list[Path]) -> str:
     """One sha256 over several files, in sorted name order (e.g. all weight shards of a model)."""
     digest = hashlib.sha256()

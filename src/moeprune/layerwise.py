@@ -58,6 +58,10 @@ def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     inputs: dict[str, Any] = {
         k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")
     }
+    if "input_ids" not in inputs and "pixel_values" not in inputs:
+        raise MoepruneError(
+            f"calibration batch holds {sorted(batch)}; expected input_ids [N, L] or pixel_values [N, C, H, W]"
+        )
     if "input_ids" in inputs:
         inputs["use_cache"] = False
     return inputs

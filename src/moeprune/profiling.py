@@ -305,23 +305,10 @@ class Profile:
         return self.layers[index]
 
 
-def model_inputs(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """The tensors of a calibration batch that the model takes (`input_ids`, `pixel_values`, ...)."""
-    inputs = {name: tensor.to(device) for name, tensor in batch.items() if name in MODEL_INPUTS}
-    if "input_ids" not in inputs and "pixel_values" not in inputs:
-        raise MoepruneError(
-            f"calibration batch holds {sorted(batch)}; expected input_ids [N, L] or pixel_values [N, C, H, W]"
-        )
-    return inputs
-
-
 def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> Any:
     """One no-grad forward pass of a calibration batch (no KV cache for causal LMs)."""
-    inputs = model_inputs(batch, next(model.parameters()).device)
-    if "input_ids" in inputs:
-        inputs["use_cache"] = False
     with torch.no_grad():
-        return model(**inputs)
+        return model(**layerwise.model_inputs(batch, model))
 
 
 def _profile_pass(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from moeprune.config import Params, PromoteSection
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_files, write_json
+from moeprune.io_utils import weights_sha256, write_json
 from moeprune.promotion import Candidate, Decision, apply_decision, decide_promotion
 from moeprune.registry_tags import lineage_tags, read_lineage, repo_root
 
@@ -91,16 +91,6 @@ def local_artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
     return (repo_root() / "mlruns").as_uri()
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """One sha256 over a model directory's safetensors files."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise MoepruneError(
-            f"{model_dir}: no *.safetensors weights; pass a directory written by save_pretrained"
-        )
-    return sha256_files(files)
 
 
 def base_model_name(base_path: str | Path) -> str:

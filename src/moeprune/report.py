@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.errors import MoepruneError
+from moeprune.registry import numeric_tags
 
 PRIMARY_METRICS = ("imagenet.top1", "gsm8k.exact_match_strict", "perplexity")
 TABLE_METRICS = {
@@ -84,19 +85,6 @@ class Group:
         return self.metrics[0]
 
 
-def numeric(tags: dict[str, str]) -> dict[str, float]:
-    """The tags whose values parse as finite numbers."""
-    values = {}
-    for key, value in (tags or {}).items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            values[key] = number
-    return values
-
-
 def row_kind(tags: dict[str, str]) -> str:
     """base, expert, unstructured or combined, from the version's role and method tags."""
     if tags.get("role") == "base":
@@ -119,7 +107,7 @@ def filed_under(kind: str, values: dict[str, float]) -> float:
 def row_from_version(version: Any, group: str) -> Row:
     """A registry row from one MLflow model version (labels from its tags)."""
     tags = version.tags or {}
-    values = numeric(tags)
+    values = numeric_tags(tags or {})
     kind = row_kind(tags)
     seed = values.get("seed")
     return Row(
@@ -191,7 +179,7 @@ def read_study(path: Path) -> dict[str, Any]:
 
 def study_row(point: dict[str, Any], version: Any) -> Row:
     """A row for one study point: labels from the study, figures from its registered version."""
-    values = numeric(version.tags or {})
+    values = numeric_tags(version.tags or {})
     return Row(
         group=point["study"],
         label=point["label"],

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_files
+from moeprune.io_utils import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
 
 # Files a model directory holds besides weights that the next stage must keep (tokenizer, processor).
 _NOT_COPIED = {"config.json", "generation_config.json", "moeprune.json", "README.md", "model.safetensors.index.json"}
@@ -18,11 +18,6 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 def weight_files(model_dir: str | Path) -> list[Path]:
     """The safetensors weight files of a model directory."""
     return sorted(Path(model_dir).glob("*.safetensors"))
-
-
-def weights_sha256(model_dir: str | Path) -> str:
-    """One sha256 over every safetensors shard of a model directory."""
-    return sha256_files(weight_files(model_dir))
 
 
 def check_model_dir(model_dir: str | Path, allow_pickle: bool = False) -> Path:

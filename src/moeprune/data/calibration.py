@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,14 +250,21 @@ def read_calibration_info(path: str | Path) -> dict[str, Any]:
     return json.loads(sidecar.read_text())
 
 
-def calibration_batches(path: str | Path, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, torch.Tensor]]:
     """The calibration tensors in batches along dimension 0 (the last batch may be smaller)."""
     if batch_size <= 0:
         raise MoepruneError(f"batch size must be positive, got {batch_size}")
     tensors = load_calibration(path)
+    if "input_ids" not in tensors and "pixel_values" not in tensors:
+        raise MoepruneError(
+            f"calibration file {path} holds {sorted(tensors)}; expected input_ids or pixel_values "
+            "(make it with `moeprune calibrate`)"
+        )
     count = next(iter(tensors.values())).shape[0]
-    for start in range(0, count, batch_size):
-        yield {name: tensor[start:start + batch_size] for name, tensor in tensors.items()}
+    if count == 0:
+        raise MoepruneError(f"calibration file {path} is empty; make it with `moeprune calibrate --samples N`")
+    return [{name: tensor[start : start + batch_size] for name, tensor in tensors.items()}
+            for start in range(0, count, batch_size)]
 
 
 def load_tokenizer(model_dir: str | Path):

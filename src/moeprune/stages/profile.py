@@ -14,38 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
 from moeprune.arch import load_model, weights_sha256
-from moeprune.errors import MoepruneError
+from moeprune.data.calibration import calibration_batches
 from moeprune.io_utils import atomic_dir, sha256_file
 from moeprune.profiling import profile_model, save_profile
 from moeprune.streaming import StreamingModel, use_streaming
-
-
-def _load_calib(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a calibration file (`input_ids [N, L]` or `pixel_values [N, C, H, W]`)."""
-    from moeprune.data.calibration import load_calibration
-
-    tensors = load_calibration(path)
-    if "input_ids" not in tensors and "pixel_values" not in tensors:
-        raise MoepruneError(
-            f"calibration file {path} holds {sorted(tensors)}; expected input_ids or pixel_values "
-            "(make it with `moeprune calibrate`)"
-        )
-    return tensors
-
-
-def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, Tensor]]:
-    """The calibration file cut into batches of `batch_size` along dimension 0."""
-    if batch_size <= 0:
-        raise MoepruneError(f"batch size must be positive, got {batch_size}")
-    tensors = _load_calib(path)
-    count = next(iter(tensors.values())).shape[0]
-    if count == 0:
-        raise MoepruneError(f"calibration file {path} is empty; make it with `moeprune calibrate --samples N`")
-    starts = range(0, count, batch_size)
-    return [{name: t[start : start + batch_size] for name, t in tensors.items()} for start in starts]
 
 
 def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8) -> dict[str, Any]:

@@ -165,7 +165,7 @@ def _summary(method: str, rate: float, report: list[dict[str, Any]], streamed: b
 def _batches(calib: Path, batch_size: int) -> list:
     from moeprune.data.calibration import calibration_batches
 
-    return list(calibration_batches(calib, batch_size))
+    return calibration_batches(calib, batch_size)
 
 
 def _copy(model: Path, out: Path, start: float) -> dict[str, Any]:

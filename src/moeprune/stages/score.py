@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.arch import get_adapter, load_model, validate_keep_sets, weights_sha256
+from moeprune.data.calibration import calibration_batches
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import sha256_file, write_json
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
 from moeprune.scoring import SCORERS, Scorer, ScoringContext
 from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
-from moeprune.stages.profile import calibration_batches
 
 CALIB_BATCH_SIZE = 8
 STREAMING_METHODS = ("naee",)  # methods that can read the model one decoder layer at a time
