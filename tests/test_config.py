@@ -56,6 +56,7 @@ def test_vision_params_load():
         ("schedules.sweep", "nightly", "schedules.sweep: must be a five-field cron expression"),
         ("testbed.options.family", "gpt2", "testbed.options.family: unknown family 'gpt2'"),
         ("score.bogus", 1, "score.bogus: unknown key"),
+        ("device", "gpu", "device: must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ],
 )
 def test_bad_value_names_the_key(raw, path, value, expected):

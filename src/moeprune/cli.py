@@ -48,6 +48,9 @@ def _call(stage: str, **kwargs: Any) -> Any:
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Hugging Face model directory.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output path (written atomically).")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps.")
+]
 PickleOpt = Annotated[
     bool,
     typer.Option("--allow-pickle", help="Also load pickle (.bin) weights. Pickle can run code: trusted files only."),
@@ -101,9 +104,10 @@ def profile(
     out: OutOpt,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     streaming: Annotated[bool, typer.Option("--streaming", help="One decoder layer in memory at a time.")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Record routing and activation statistics of every MoE layer on the calibration data."""
-    _call("profile", model=model, calib=calib, out=out, batch_size=batch_size, streaming=streaming)
+    _call("profile", model=model, calib=calib, out=out, batch_size=batch_size, streaming=streaming, device=device)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -137,6 +141,7 @@ def score(
     calib: Annotated[Path | None, typer.Option(help="Calibration file (naee).")] = None,
     seed: int = 0,
     option: Annotated[list[str] | None, typer.Option("--option", help="Method option KEY=VALUE (repeatable).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Score every routed expert and choose the keep-set of each MoE layer."""
     _call(
@@ -150,6 +155,7 @@ def score(
         calib=calib,
         seed=seed,
         options=_parse_options(option or []),
+        device=device,
     )
 
 
@@ -181,6 +187,7 @@ def prune_unstructured(
     calibrate_all_experts: Annotated[bool, typer.Option("--calibrate-all-experts")] = False,
     streaming: Annotated[bool, typer.Option("--streaming")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Zero individual weights layer by layer (expert-aware Wanda / SparseGPT, OWL, N:M)."""
     _call(
@@ -197,6 +204,7 @@ def prune_unstructured(
         calibrate_all_experts=calibrate_all_experts,
         streaming=streaming,
         batch_size=batch_size,
+        device=device,
     )
 
 
@@ -209,9 +217,10 @@ def evaluate(
     out: OutOpt,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
-    _call("evaluate", model=model, task=task, out=out, limit=limit, batch_size=batch_size)
+    _call("evaluate", model=model, task=task, out=out, limit=limit, batch_size=batch_size, device=device)
 
 
 @app.command()

@@ -295,10 +295,14 @@ class SchedulesSection(Section):
         return check_cron(value)
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 class Params(Section):
     """The whole params.yaml."""
 
     kind: Literal["lm", "vision"] = "lm"
+    device: str = "auto"
     testbed: TestbedSection = Field(default_factory=TestbedSection)
     model: ModelSection = Field(default_factory=ModelSection)
     calibrate: CalibrateSection = Field(default_factory=CalibrateSection)
@@ -310,6 +314,14 @@ class Params(Section):
     promote: PromoteSection = Field(default_factory=PromoteSection)
     sweep: SweepSection = Field(default_factory=SweepSection)
     schedules: SchedulesSection = Field(default_factory=SchedulesSection)
+
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

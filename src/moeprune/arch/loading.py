@@ -66,10 +66,13 @@ def register_own_models() -> None:
             raise
 
 
-def load_model(model_dir: str | Path, allow_pickle: bool = False, dtype: str = "auto") -> nn.Module:
+def load_model(
+    model_dir: str | Path, allow_pickle: bool = False, dtype: str = "auto", device: str | None = None
+) -> nn.Module:
     """Load a causal LM or image classifier from a directory, safetensors only unless `allow_pickle`.
 
-    `trust_remote_code` stays off: moeprune covers families that transformers implements.
+    `trust_remote_code` stays off: moeprune covers families that transformers implements. `device`
+    (see `moeprune.devices.resolve_device`) moves the model there; None leaves it on the CPU.
     """
     from transformers import AutoConfig
 
@@ -81,6 +84,10 @@ def load_model(model_dir: str | Path, allow_pickle: bool = False, dtype: str = "
     model = auto.from_pretrained(
         path, dtype=dtype, use_safetensors=not allow_pickle or bool(weight_files(path)), trust_remote_code=False
     )
+    if device is not None:
+        from moeprune.devices import resolve_device
+
+        model.to(resolve_device(device))
     model.eval()
     return model
 

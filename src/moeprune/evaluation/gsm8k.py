@@ -92,8 +92,8 @@ def _flat_metrics(results: dict, task: str) -> dict:
 
 
 def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_size: int,
-                   num_fewshot: int | None = None) -> dict:
-    """Strict and flexible GSM8K exact match of a causal LM, through lm-eval's HF backend on CPU.
+                   num_fewshot: int | None = None, device: str = "auto") -> dict:
+    """Strict and flexible GSM8K exact match of a causal LM, through lm-eval's HF backend.
 
     Args:
         model_dir: a saved Hugging Face causal LM with its tokenizer.
@@ -101,6 +101,7 @@ def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_
         limit: evaluate only the first `limit` problems (None: all).
         batch_size: generation batch size.
         num_fewshot: override the task's 5 few-shot examples.
+        device: see `moeprune.devices.resolve_device`; float32 on the CPU, the checkpoint's dtype on a GPU.
 
     Returns:
         `{"gsm8k.exact_match_strict", "gsm8k.exact_match_flexible", "gsm8k.n"}`.
@@ -114,6 +115,10 @@ def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_
         read_jsonl(Path(data))  # fails early on a missing, empty or malformed file
     else:
         _require_builtin_dataset()
+    from moeprune.devices import resolve_device
+
+    torch_device = resolve_device(device)
+    dtype = "float32" if torch_device.type == "cpu" else "auto"
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -125,8 +130,8 @@ def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_
             (Path(tmp) / f"{LOCAL_TASK}.yaml").write_text(yaml.safe_dump(local_task_config(Path(data))))
             manager = TaskManager(include_path=tmp, include_defaults=False)
         results = simple_evaluate(
-            model="hf", model_args=f"pretrained={model_dir.resolve()},dtype=float32", tasks=[task],
-            num_fewshot=num_fewshot, batch_size=batch_size, limit=limit, device="cpu",
+            model="hf", model_args=f"pretrained={model_dir.resolve()},dtype={dtype}", tasks=[task],
+            num_fewshot=num_fewshot, batch_size=batch_size, limit=limit, device=str(torch_device),
             task_manager=manager, log_samples=False,
         )
     return _flat_metrics(results, task)

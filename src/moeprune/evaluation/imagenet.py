@@ -13,14 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from moeprune.data.digits import load_imagefolder, read_image
+from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
-
-
-def resolve_device(device: str) -> torch.device:
-    """`"auto"` picks CUDA when present, else CPU; any other value is passed to `torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def map_folders_to_labels(classes: list[str], label2id: dict[str, int], num_labels: int) -> list[int]:

@@ -77,6 +77,7 @@ def evaluate_perplexity(
     limit: int | None = None,
     batch_size: int = 8,
     seq_len: int | None = None,
+    device: str = "auto",
 ) -> dict[str, float | int]:
     """Perplexity of the causal LM in `model_dir` on the text in `path`.
 
@@ -86,6 +87,7 @@ def evaluate_perplexity(
         limit: Score at most this many windows (None: all).
         batch_size: Windows per forward pass.
         seq_len: Tokens per window; default the model's context (at most 2048).
+        device: see `moeprune.devices.resolve_device`.
 
     Returns:
         `{"perplexity": float, "perplexity.tokens": number of predicted tokens}`.
@@ -98,10 +100,9 @@ def evaluate_perplexity(
             f"perplexity needs batch_size > 0, limit > 0, seq_len >= 2; got {batch_size}, {limit}, {seq_len}"
         )
     documents = text_documents(path, fields=("text", "answer"))
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=device)
     if is_image_classifier(model):
         raise MoepruneError(f"{model_dir} is an image classifier; perplexity needs a causal LM")
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
     ids = tokenize_documents(load_tokenizer(model_dir), documents)
     windows = split_windows(ids, window_length(model, seq_len))[:limit]
     if not windows:

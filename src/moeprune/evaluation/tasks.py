@@ -18,7 +18,7 @@ from typing import Any
 
 from moeprune.errors import MoepruneError
 
-Evaluator = Callable[[Path, "Path | None", "int | None", int], dict[str, Any]]
+Evaluator = Callable[[Path, "Path | None", "int | None", int, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Task:
     Attributes:
         name: The name before the colon (`gsm8k-local`).
         argument: What follows the colon (`PATH`, `DIR`), or None for a task without one.
-        evaluate: `evaluate(model_dir, path, limit, batch_size) -> flat metrics`.
+        evaluate: `evaluate(model_dir, path, limit, batch_size, device) -> flat metrics`.
         metrics: The prefix of its metric names (`gsm8k` for `gsm8k.exact_match_strict`); two tasks
             with the same prefix cannot run together.
     """
@@ -47,7 +47,7 @@ TASKS: dict[str, Task] = {}
 
 
 def register_task(name: str, metrics: str, argument: str | None = None) -> Callable[[Evaluator], Evaluator]:
-    """Register `fn(model_dir, path, limit, batch_size)` as task `name` (`name:ARGUMENT` if it takes one)."""
+    """Register `fn(model_dir, path, limit, batch_size, device)` as task `name` (`name:ARGUMENT` if it takes one)."""
 
     def decorator(fn: Evaluator) -> Evaluator:
         TASKS[name] = Task(name, argument, fn, metrics)
@@ -57,31 +57,31 @@ def register_task(name: str, metrics: str, argument: str | None = None) -> Calla
 
 
 @register_task("gsm8k", metrics="gsm8k")
-def _gsm8k(model_dir: Path, path: Path | None, limit: int | None, batch_size: int) -> dict[str, Any]:
+def _gsm8k(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
     from moeprune.evaluation.gsm8k import evaluate_gsm8k
 
-    return evaluate_gsm8k(model_dir, None, limit, batch_size)
+    return evaluate_gsm8k(model_dir, None, limit, batch_size, device=device)
 
 
 @register_task("gsm8k-local", metrics="gsm8k", argument="PATH")
-def _gsm8k_local(model_dir: Path, path: Path | None, limit: int | None, batch_size: int) -> dict[str, Any]:
+def _gsm8k_local(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
     from moeprune.evaluation.gsm8k import evaluate_gsm8k
 
-    return evaluate_gsm8k(model_dir, path, limit, batch_size)
+    return evaluate_gsm8k(model_dir, path, limit, batch_size, device=device)
 
 
 @register_task("perplexity", metrics="perplexity", argument="PATH")
-def _perplexity(model_dir: Path, path: Path | None, limit: int | None, batch_size: int) -> dict[str, Any]:
+def _perplexity(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
     from moeprune.evaluation.perplexity import evaluate_perplexity
 
-    return evaluate_perplexity(model_dir, path, limit, batch_size)
+    return evaluate_perplexity(model_dir, path, limit, batch_size, device=device)
 
 
 @register_task("imagenet", metrics="imagenet", argument="DIR")
-def _imagenet(model_dir: Path, path: Path | None, limit: int | None, batch_size: int) -> dict[str, Any]:
+def _imagenet(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
     from moeprune.evaluation.imagenet import evaluate_imagenet
 
-    return evaluate_imagenet(model_dir, path, limit, batch_size)
+    return evaluate_imagenet(model_dir, path, limit, batch_size, device=device)
 
 
 def valid_tasks() -> str:
@@ -126,9 +126,11 @@ def parse_tasks(specs: str) -> list[tuple[Task, Path | None]]:
     return parsed
 
 
-def run_tasks(model_dir: Path, specs: str, limit: int | None, batch_size: int) -> dict[str, Any]:
+def run_tasks(
+    model_dir: Path, specs: str, limit: int | None, batch_size: int, device: str = "auto"
+) -> dict[str, Any]:
     """Run every task of a comma-separated `--task` string on one model; merge their flat metrics."""
     metrics: dict[str, Any] = {}
     for task, path in parse_tasks(specs):
-        metrics.update(task.evaluate(Path(model_dir), path, limit, batch_size))
+        metrics.update(task.evaluate(Path(model_dir), path, limit, batch_size, device))
     return metrics

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.arch.loading import check_model_dir
+from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.efficiency import sparsity_figures
 from moeprune.evaluation.tasks import parse_tasks, run_tasks
 from moeprune.io_utils import write_json
 
 
-def run(model: Path, task: str, out: Path, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+def run(
+    model: Path, task: str, out: Path, limit: int | None = None, batch_size: int = 8, device: str = "auto"
+) -> dict[str, Any]:
     """Evaluate `model` on `task` and write the flat metrics JSON to `out`.
 
     Args:
@@ -33,6 +36,7 @@ def run(model: Path, task: str, out: Path, limit: int | None = None, batch_size:
         out: The JSON file to write.
         limit: Evaluate at most this many examples (problems, windows, images) per task; None: all.
         batch_size: Batch size of the task's forward passes.
+        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
 
     Returns:
         The metrics written to `out`.
@@ -47,7 +51,8 @@ def run(model: Path, task: str, out: Path, limit: int | None = None, batch_size:
         raise MoepruneError(f"--limit must be a positive number of examples (or omitted: all), got {limit}")
     if batch_size <= 0:
         raise MoepruneError(f"--batch-size must be positive, got {batch_size}")
-    metrics = run_tasks(Path(model), task, limit, batch_size)
+    resolve_device(device)  # fail fast on a device this machine lacks
+    metrics = run_tasks(Path(model), task, limit, batch_size, device)
     result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model)}
     result["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out, result)

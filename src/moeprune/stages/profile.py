@@ -16,17 +16,20 @@ from typing import Any
 
 from moeprune.arch import load_model, weights_sha256
 from moeprune.data.calibration import calibration_batches
+from moeprune.devices import resolve_device
 from moeprune.io_utils import atomic_dir, sha256_file
 from moeprune.profiling import profile_model, save_profile
 from moeprune.streaming import StreamingModel, use_streaming
 
 
-def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8) -> dict[str, Any]:
+def run(
+    model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8, device: str = "auto"
+) -> dict[str, Any]:
     """Profile `model` on the calibration file `calib`; write the profile directory `out`.
 
     With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.streaming.use_streaming`) one decoder layer is in memory at a time; the statistics are the
-    same as in memory.
+    same as in memory. `device`: see `moeprune.devices.resolve_device`.
 
     Returns:
         The summary written to `out/profile.json`.
@@ -34,7 +37,8 @@ def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size
     start = time.perf_counter()
     batches = calibration_batches(calib, batch_size)
     streamed = use_streaming(model, streaming)
-    net = StreamingModel(model).model if streamed else load_model(model)
+    torch_device = resolve_device(device)
+    net = StreamingModel(model, device=torch_device).model if streamed else load_model(model, device=torch_device)
     profile = profile_model(net, batches)
     profile.summary.update(
         {
@@ -44,6 +48,7 @@ def run(model: Path, calib: Path, out: Path, streaming: bool = False, batch_size
             "calibration_sha256": sha256_file(calib),
             "batch_size": batch_size,
             "streaming": streamed,
+            "device": str(torch_device),
             "seconds": round(time.perf_counter() - start, 3),
         }
     )

@@ -6,8 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from moeprune.arch import get_adapter, load_model, save_model_dir
 from moeprune.arch.linears import count_weights
+from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
 from moeprune.layerwise import InMemoryBlocks
@@ -50,11 +53,11 @@ def _check_arguments(method, sparsity, total_sparsity, nm, owl, calib, targets) 
         raise MoepruneError(f"calibration file '{calib}' does not exist; make it with `moeprune calibrate`")
 
 
-def _open(model: Path, streaming: bool):
+def _open(model: Path, streaming: bool, device: torch.device):
     """The blocks to prune: a streamed checkpoint when asked for or too large for memory, else the loaded model."""
     if use_streaming(model, streaming):
-        return StreamingModel(model), True
-    net = load_model(model)
+        return StreamingModel(model, device=device), True
+    net = load_model(model, device=device)
     return InMemoryBlocks(net, get_adapter(net)), False
 
 
@@ -89,6 +92,7 @@ def run(
     calibrate_all_experts: bool = False,
     streaming: bool = False,
     batch_size: int = 8,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
 
@@ -102,7 +106,7 @@ def run(
     spec = get_unstructured_method(method)
     pattern = parse_nm(nm)
     _check_arguments(spec, sparsity, total_sparsity, pattern, owl, calib, targets)
-    source, streamed = _open(model, streaming)
+    source, streamed = _open(model, streaming, resolve_device(device))
     if pattern:
         rate = 1.0 - pattern[0] / pattern[1]
     else:

@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from moeprune.arch import get_adapter, load_model, validate_keep_sets, weights_sha256
 from moeprune.data.calibration import calibration_batches
+from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import sha256_file, write_json
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
@@ -87,7 +90,7 @@ def _check_keep_sets(ctx: ScoringContext, layers: dict) -> None:
     validate_keep_sets(ctx.adapter, {index: entry.keep for index, entry in layers.items()})
 
 
-def _open_model(model: Path, method: str, options: dict[str, Any]):
+def _open_model(model: Path, method: str, options: dict[str, Any], device: torch.device):
     """The model in memory, or (naee with option `streaming`, or a checkpoint above the memory budget) a
     streaming skeleton whose decoder layers are read from disk one at a time (`moeprune.streaming`)."""
     from moeprune.streaming import StreamingModel, use_streaming
@@ -99,8 +102,8 @@ def _open_model(model: Path, method: str, options: dict[str, Any]):
         )
     if method in STREAMING_METHODS and use_streaming(model, requested):
         options["streaming"] = True
-        return StreamingModel(model).model
-    return load_model(model)
+        return StreamingModel(model, device=device).model
+    return load_model(model, device=device)
 
 
 def run(
@@ -113,6 +116,7 @@ def run(
     calib: Path | None = None,
     seed: int = 0,
     options: dict | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Score the experts of `model` with `method` and write the scores file `out` (atomically).
 
@@ -124,12 +128,13 @@ def run(
     scorer = SCORERS.get(method)
     _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
     options = coerce_options(options)
-    net = _open_model(model, method, options)
+    torch_device = resolve_device(device)
+    net = _open_model(model, method, options, torch_device)
     adapter = get_adapter(net)
     model_sha = weights_sha256(model)
     reference_model = None
     if reference is not None:
-        reference_model = load_model(reference)
+        reference_model = load_model(reference, device=torch_device)
         check_same_architecture(adapter, get_adapter(reference_model))
     ctx = ScoringContext(
         model=net,
@@ -151,6 +156,7 @@ def run(
         "keep_per_layer": counts[0] if len(counts) == 1 else {str(i): len(e.keep) for i, e in layers.items()},
         "layers": {str(index): {"scores": entry.scores, "keep": entry.keep} for index, entry in sorted(layers.items())},
         "forward_passes": ctx.forward_passes,
+        "device": str(torch_device),
         "seconds": round(time.perf_counter() - start, 3),
         "seed": int(seed),
         "options": options,
