@@ -197,12 +197,12 @@ def compare_outputs(first: Path, second: Path) -> dict:
     return {"same_keys": same_keys, "tensors": len(a.files), "differing": differing[:5], "identical": identical}
 
 
-def measure_size(size: str, layers: int, workdir: Path, keep: bool) -> dict:
+def measure_size(size: str, layers: int, workdir: Path, keep: bool, modes: tuple[str, ...] | None = None) -> dict:
     """Build the checkpoint of `size`, run its modes, compare their outputs when there are two."""
     from safetensors.torch import load_file, save_file
 
     shape = shape_for(size)
-    modes = SIZES[size][2]
+    modes = modes or SIZES[size][2]
     checkpoint = workdir / f"mixtral-random-{size}"
     start = time.perf_counter()
     nbytes = write_checkpoint(checkpoint, layers, shape)
@@ -248,10 +248,10 @@ def measure_size(size: str, layers: int, workdir: Path, keep: bool) -> dict:
     return result
 
 
-def main(sizes: list[str], layers: int, workdir: Path, keep: bool) -> dict:
+def main(sizes: list[str], layers: int, workdir: Path, keep: bool, modes: tuple[str, ...] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     layout = check_layout(workdir)
-    results = {size: measure_size(size, layers, workdir, keep) for size in sizes}
+    results = {size: measure_size(size, layers, workdir, keep, modes) for size in sizes}
     return {
         "benchmark": "streaming memory: profile + wanda pruning, in memory vs streaming",
         "calibration": {"samples": SAMPLES, "seq_len": SEQ_LEN},
@@ -293,6 +293,9 @@ if __name__ == "__main__":
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None, help="Where the checkpoints go (default: a temp dir).")
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoints and outputs.")
+    parser.add_argument("--modes", nargs="+", choices=("memory", "streaming"), default=None,
+                        help="Run these modes at every size (default: per size; in memory needs ~2.8x the checkpoint).")
+    parser.add_argument("--results", type=Path, default=None, help="Write the JSON here (any run).")
     parser.add_argument("--worker", choices=("memory", "streaming"), help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--calib", type=Path, help=argparse.SUPPRESS)
@@ -302,11 +305,12 @@ if __name__ == "__main__":
         print(json.dumps(worker(args.worker, args.model, args.calib, args.out)))
         sys.exit(0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="moeprune-bench-streaming-"))
-    result = main(args.sizes, args.layers, workdir, args.keep)
+    result = main(args.sizes, args.layers, workdir, args.keep, tuple(args.modes) if args.modes else None)
     if args.workdir is None and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     print(_table(result))
-    if args.layers == 16 and set(args.sizes) == set(SIZES):
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    target = args.results or (RESULTS if args.layers == 16 and set(args.sizes) == set(SIZES) else None)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {target}")

@@ -127,6 +127,43 @@ def test_naee_finds_the_brute_force_keep_set(family, sparsity):
     assert ctx.forward_passes == 1
 
 
+def _brute_force_second_layer(model, keep_first, num_keep):
+    """(loss, keep-set) of layer 1 by brute force when layer 0 is really pruned to `keep_first` (its inputs change)."""
+    original = get_adapter(model).layer(1).block
+    best = (float("inf"), None)
+    for keep in itertools.combinations(range(get_adapter(model).layer(1).num_experts), num_keep):
+        pruned = copy.deepcopy(model)
+        remove_experts(pruned, {0: keep_first, 1: list(keep)})  # stock transformers: one count for all layers
+        block = get_adapter(pruned).layer(1).block
+        captured = []
+        handle = block.register_forward_pre_hook(lambda m, a, into=captured: into.append(a[0].detach()))
+        forward_batch(pruned, {"input_ids": IDS})
+        handle.remove()
+        with torch.no_grad():
+            loss = float((original(captured[0]).double() - block(captured[0]).double()).norm())
+        best = min(best, (loss, list(keep)))
+    return best
+
+
+def test_progressive_naee_scores_each_layer_on_the_pruned_model_before_it():
+    model = tiny_moe_model("mixtral", num_experts=6)
+    model.set_experts_implementation("eager")
+    batches = [{"input_ids": IDS[:3]}, {"input_ids": IDS[3:]}]
+    plain, plain_ctx = _score(model, "naee", 0.5, batches=batches)
+    layers, ctx = _score(model, "naee", 0.5, batches=batches, options={"progressive": True})
+    reference = _brute_force_keep(model, 0.5)
+    assert layers[0].keep == plain[0].keep == reference[0][1]  # nothing is pruned before layer 0
+    loss, keep = _brute_force_second_layer(model, layers[0].keep, 3)
+    assert layers[1].keep == keep
+    assert ctx.extra["naee"]["layers"]["1"]["best_loss"] == pytest.approx(loss, rel=1e-4)
+    # the plain variant scores layer 1 on the unpruned model's hidden states: another loss
+    assert plain[1].keep == reference[1][1]
+    assert plain_ctx.extra["naee"]["layers"]["1"]["best_loss"] == pytest.approx(reference[1][0], rel=1e-4)
+    assert abs(reference[1][0] - loss) > 1e-3 * loss
+    assert ctx.forward_passes == 2
+    assert type(get_adapter(model).layer(0).router).__name__ != "RestrictedRouter"  # swapped back
+
+
 def test_naee_refuses_too_many_combinations():
     model = tiny_moe_model("mixtral")
     with pytest.raises(MoepruneError, match=r"70 keep-sets.*max_combinations=20"):

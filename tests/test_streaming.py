@@ -104,13 +104,16 @@ def test_profile_statistics_are_identical(saved, tmp_path):
         assert torch.equal(got[name], expected[name]), name
 
 
-def test_naee_keep_sets_are_identical(saved, tmp_path):
+@pytest.mark.parametrize("progressive", [False, True])
+def test_naee_keep_sets_are_identical(saved, tmp_path, progressive):
     root, calib = saved
     common = dict(model=root / "model", method="naee", expert_sparsity=0.5, calib=calib, device=CPU)
-    memory = score_stage.run(out=tmp_path / "mem.json", **common)
-    streamed = score_stage.run(out=tmp_path / "str.json", options={"streaming": True}, **common)
+    memory = score_stage.run(out=tmp_path / "mem.json", options={"progressive": progressive}, **common)
+    streamed = score_stage.run(
+        out=tmp_path / "str.json", options={"streaming": True, "progressive": progressive}, **common
+    )
     assert streamed["layers"] == memory["layers"]  # keep-sets and scores, exactly
-    assert streamed["naee"] == memory["naee"] and streamed["forward_passes"] == 1
+    assert streamed["naee"] == memory["naee"] and streamed["forward_passes"] == (2 if progressive else 1)
 
 
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])

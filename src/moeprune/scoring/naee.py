@@ -13,16 +13,22 @@ Z = routed mixture + a part that does not depend on routing (shared experts), so
 Z - Z_K = R - R_K with R the routed mixture; every expert's output is computed once per token and
 each K costs one router call and a weighted gather.
 
+Progressive variant (`--option progressive=true`, ALGORITHMS.md): layers are decided in order and each
+layer's keep-set is applied (its router restricted to K) before the layer produces the next one's inputs,
+so later layers are scored on the hidden states of the already-pruned model. It costs one more block
+forward per layer (recorded as 2 forward passes).
+
 Cost: C(E, keep) keep-sets per layer (70 for 8 choose 4, 12,870 for 16 choose 8); above
 `max_combinations` (default 5000) the method refuses. DeepSeek's group routing enumerates only the
 keep-sets with the same count in every group. Scores: score_e = the best loss reachable without e
 (higher = e matters more); the keep-set is the argmin itself.
 
-    score: {method: naee, expert_sparsity: 0.5}      # options: {max_combinations: 5000}
+    score: {method: naee, expert_sparsity: 0.5}      # options: {max_combinations: 5000, progressive: false}
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -85,6 +91,39 @@ class SlicedRouter:
         for module, attr, value in self.top_k:
             setattr(module, attr, min(value, count))
         return self.clone
+
+
+class RestrictedRouter(nn.Module):
+    """A router that routes among the experts `keep` only, reporting indices in the original numbering.
+
+    Installed in place of a block's router, it makes the block compute exactly what the pruned block would
+    (the logits of removed experts read -inf).
+    """
+
+    def __init__(self, slicer: SlicedRouter, keep: Tensor):
+        super().__init__()
+        self.inner = slicer.restrict(keep)
+        self.keep = keep
+        self.num_experts = slicer.num_experts
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits_k, weights, index = self.inner(hidden)
+        logits = logits_k.new_full((logits_k.shape[0], self.num_experts), float("-inf"))
+        logits[:, self.keep] = logits_k
+        return logits, weights, self.keep[index]
+
+
+@contextlib.contextmanager
+def routed_to(layer: MoELayer, keep: list[int]):
+    """Inside the block, `layer`'s MoE block routes only to the experts `keep` (its router is swapped back after)."""
+    name = next(name for name, child in layer.block.named_children() if child is layer.router)
+    device = layer.router_weight.device
+    restricted = RestrictedRouter(SlicedRouter(layer.router, layer.num_experts), torch.tensor(keep, device=device))
+    setattr(layer.block, name, restricted)
+    try:
+        yield
+    finally:
+        setattr(layer.block, name, layer.router)
 
 
 def keep_sets(ranges: list[range], keep: int) -> list[tuple[int, ...]]:
@@ -203,12 +242,29 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
         result[index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
         details[str(index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
 
+    progressive = bool(ctx.option("progressive", False))
     source = layerwise.source_for(ctx.model, ctx.adapter)
+    restriction = contextlib.ExitStack()
+
+    def decide_first(index: int, block: nn.Module, inputs) -> None:
+        """Progressive: enumerate before the block runs for the next layer, then route it to the keep-set."""
+        if index not in moe:
+            return
+        record(index, block, inputs)
+        layerwise.run_block(block, inputs)  # the block's MoE inputs, recorded
+        enumerate_layer(index, block)
+        restriction.enter_context(routed_to(moe[index], result[index].keep))
+
     try:
-        layerwise.run(source, batches, record, description="naee: enumerate", on_done=enumerate_layer)
+        if progressive:
+            layerwise.run(source, batches, decide_first, description="naee: enumerate (progressive)",
+                          on_done=lambda index, block: restriction.close())
+        else:
+            layerwise.run(source, batches, record, description="naee: enumerate", on_done=enumerate_layer)
     finally:
+        restriction.close()
         for recorder in recorders.values():
             recorder.handle.remove()
-    ctx.forward_passes += 1
+    ctx.forward_passes += 2 if progressive else 1
     ctx.extra["naee"] = {"block_evaluations": sum(d["keep_sets"] for d in details.values()), "layers": details}
     return result
