@@ -29,6 +29,7 @@ from moeprune.scoring import SCORERS
 from moeprune.scoring.base import LayerScores, ScoringContext
 
 BISECTION_STEPS = 100
+COLUMN_BLOCK = 1 << 20  # columns of the stacked expert tensors read at once (8 MB per member in float64)
 
 
 def behaviour_distance(
@@ -78,15 +79,22 @@ def complete_linkage(
 
 
 def representative(layer: MoELayer, cluster: list[int]) -> int:
-    """The member whose flattened expert weights are closest to the cluster's mean."""
+    """The member whose flattened expert weights (every matrix) are closest to the cluster's mean.
+
+    Read from the stacked expert tensors a column block at a time: no float64 copy of whole experts
+    (hundreds of MB each in released models) is made, and the cost is linear in the members.
+    """
     if len(cluster) == 1:
         return cluster[0]
+    members = torch.tensor(cluster, device=layer.router_weight.device)
+    squared = torch.zeros(len(cluster), dtype=torch.float64, device=members.device)
     with torch.no_grad():
-        flat = torch.stack(
-            [torch.cat([w.reshape(-1).double().cpu() for w in layer.expert_weights(e).values()]) for e in cluster]
-        )
-        gaps = (flat - flat.mean(dim=0)).norm(dim=1)
-    return cluster[int(torch.argmin(gaps))]
+        for param in (layer.up_param, layer.down_proj):  # gate and up (or up alone), then down: every matrix
+            flat = param.detach().reshape(layer.num_experts, -1)
+            for start in range(0, flat.shape[1], COLUMN_BLOCK):
+                block = flat[members, start : start + COLUMN_BLOCK].double()
+                squared += (block - block.mean(dim=0)).pow(2).sum(dim=1)
+    return cluster[int(torch.argmin(squared))]
 
 
 def _layer_result(layer: MoELayer, clusters: list[list[int]]) -> LayerScores:
