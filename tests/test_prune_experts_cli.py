@@ -63,6 +63,28 @@ def test_prune_experts_writes_stock_loadable_dir(mixtral_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pruned")]
 
 
+def test_merge_replaces_a_kept_expert_by_its_cluster_mean(mixtral_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    layers = {"0": {"keep": [0, 1, 2, 3], "merge": {"1": [1, 5, 6]}}, "1": {"keep": [0, 1, 2, 3]}}
+    scores = _scores(tmp_path / "s.json", layers, method="stun")
+    out = tmp_path / "merged"
+    args = ["prune-experts", "--model", str(mixtral_dir), "--scores", str(scores), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pruned = AutoModelForCausalLM.from_pretrained(out).model.layers
+    original = AutoModelForCausalLM.from_pretrained(mixtral_dir).model.layers
+    up, down = original[0].mlp.experts.gate_up_proj, original[0].mlp.experts.down_proj
+    torch.testing.assert_close(pruned[0].mlp.experts.gate_up_proj[1], up[[1, 5, 6]].mean(dim=0))
+    torch.testing.assert_close(pruned[0].mlp.experts.down_proj[1], down[[1, 5, 6]].mean(dim=0))
+    torch.testing.assert_close(pruned[0].mlp.gate.weight[1], original[0].mlp.gate.weight[[1, 5, 6]].mean(dim=0))
+    assert torch.equal(pruned[0].mlp.experts.gate_up_proj[2], up[2])  # not merged: unchanged
+    assert torch.equal(pruned[1].mlp.experts.gate_up_proj[1], original[1].mlp.experts.gate_up_proj[1])
+    lineage = json.loads((out / "moeprune.json").read_text())
+    assert lineage["params"]["merge"] == {"0": {"1": [1, 5, 6]}}
+    assert "selective reconstruction" in (out / "README.md").read_text()
+
+
 def test_inspect_json_and_table(mixtral_dir):
     result = runner.invoke(app, ["inspect", "--model", str(mixtral_dir), "--json"])
     assert result.exit_code == 0, result.output
@@ -88,6 +110,12 @@ def test_inspect_json_and_table(mixtral_dir):
             "different sizes",
         ),
         ({"0": {"scores": [0.0] * 8, "keep": [0, 1, 2, 3]}}, "no keep-set for MoE layer"),
+        ({"0": {"keep": [0, 1, 2, 3], "merge": {"4": [4, 5]}}, "1": {"keep": [0, 1, 2, 3]}}, "does not keep"),
+        ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [1, 5]}}, "1": {"keep": [0, 1, 2, 3]}}, "must list it once"),
+        ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [0, 9]}}, "1": {"keep": [0, 1, 2, 3]}}, "out of range"),
+        ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [0, 5], "1": [1, 5]}}, "1": {"keep": [0, 1, 2, 3]}},
+         "in two merges"),
+        ({"0": {"keep": [0, 1, 2, 3], "merge": [0, 5]}, "1": {"keep": [0, 1, 2, 3]}}, "'merge' must map"),
     ],
 )
 def test_bad_scores_files(mixtral_dir, tmp_path, layers, message):

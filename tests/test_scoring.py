@@ -197,6 +197,34 @@ def test_stun_keeps_one_expert_per_group_of_near_duplicates():
     assert ctx.forward_passes == 0
 
 
+def test_stun_selective_reconstruction_merges_small_clusters_only():
+    groups = {0: [[0, 1, 2], [3, 4], [5], [6, 7]], 1: [[0, 7], [1, 6], [2, 5], [3, 4]]}
+    model = _plant_duplicates(tiny_moe_model("mixtral"), groups)
+    plain, _ = _score(model, "stun", 0.5)
+    layers, ctx = _score(model, "stun", 0.5, options={"reconstruct": True})
+    assert {i: e.keep for i, e in layers.items()} == {i: e.keep for i, e in plain.items()}
+    assert all(not entry.merge for entry in plain.values())
+    for index, layer_groups in groups.items():  # kappa = 3: clusters of exactly 2 are merged
+        expected = {next(k for k in layers[index].keep if k in g): g for g in layer_groups if len(g) == 2}
+        assert layers[index].merge == expected
+    assert ctx.extra["stun"]["merged_clusters"] == 2 + 4
+    wider, _ = _score(model, "stun", 0.5, options={"reconstruct": True, "kappa": 4})
+    assert [0, 1, 2] in wider[0].merge.values()
+    with pytest.raises(MoepruneError, match="kappa=1 must be at least 2"):
+        _score(model, "stun", 0.5, options={"reconstruct": True, "kappa": 1})
+
+
+def test_score_stage_writes_merges(tmp_path):
+    groups = {0: [[0, 1], [2, 3], [4, 5], [6, 7]], 1: [[0, 1], [2, 3], [4, 5], [6, 7]]}
+    model = _plant_duplicates(tiny_moe_model("mixtral"), groups)
+    model.save_pretrained(tmp_path / "model")
+    record = score_stage.run(model=tmp_path / "model", method="stun", expert_sparsity=0.5, out=tmp_path / "s.json",
+                             options={"reconstruct": True})
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert written == record
+    assert sorted(written["layers"]["0"]["merge"].values()) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
 def test_stun_global_budget_records_per_layer_counts():
     groups = {0: [[0, 1], [2, 3], [4, 5], [6, 7]], 1: [[0, 1, 2, 3], [4, 5, 6, 7]]}
     model = _plant_duplicates(tiny_moe_model("mixtral"), groups)

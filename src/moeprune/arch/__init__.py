@@ -3,7 +3,7 @@
 from moeprune.arch.adapter import MoEAdapter, MoELayer, get_adapter
 from moeprune.arch.families import FAMILIES, Family, get_family
 from moeprune.arch.loading import check_model_dir, load_model, save_model_dir, weights_sha256
-from moeprune.arch.removal import remove_experts, validate_keep_sets
+from moeprune.arch.removal import merge_experts, remove_experts, validate_keep_sets
 
 __all__ = [
     "FAMILIES",
@@ -14,6 +14,7 @@ __all__ = [
     "get_adapter",
     "get_family",
     "load_model",
+    "merge_experts",
     "remove_experts",
     "save_model_dir",
     "validate_keep_sets",

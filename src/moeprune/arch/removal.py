@@ -108,6 +108,53 @@ def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
             module.out_features = new
 
 
+def _per_expert_tensors(layer: MoELayer) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, expert dimension) of every stacked expert tensor and router tensor of `layer`."""
+    found = []
+    for module in (layer.experts, *layer.router.modules()):
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
+            if tensor.dim() > dim and tensor.shape[dim] == layer.num_experts:
+                found.append((tensor, dim))
+    return found
+
+
+def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> None:
+    """Replace expert `kept` by the mean of `members` (weights, biases and router rows), in place.
+
+    STUN's selective reconstruction (ALGORITHMS.md): `merges` maps layer -> {kept: members}, `kept` among
+    `members`; a member may belong to one merge per layer. Run before `remove_experts`, which then drops
+    the other members.
+    """
+    adapter = get_adapter(model)
+    layers = {layer.index: layer for layer in adapter.layers}
+    for index, groups in merges.items():
+        if index not in layers:
+            raise MoepruneError(f"merge names layer {index}, which is not an MoE layer; MoE layers: {sorted(layers)}")
+        layer = layers[index]
+        _check_merges(layer, groups)
+        with torch.no_grad():
+            for tensor, dim in _per_expert_tensors(layer):
+                for kept, members in groups.items():
+                    rows = tensor.index_select(dim, torch.tensor(members, device=tensor.device))
+                    tensor.select(dim, kept).copy_(rows.float().mean(dim=dim).to(tensor.dtype))
+
+
+def _check_merges(layer: MoELayer, groups: dict[int, list[int]]) -> None:
+    seen: set[int] = set()
+    for kept, members in groups.items():
+        if kept not in members or len(set(members)) != len(members):
+            raise MoepruneError(
+                f"layer {layer.index}: merge of expert {kept} must list it once among distinct members, got {members}"
+            )
+        bad = [m for m in members if not 0 <= m < layer.num_experts]
+        if bad:
+            raise MoepruneError(f"layer {layer.index}: merge members {bad} out of range [0, {layer.num_experts - 1}]")
+        if seen & set(members):
+            raise MoepruneError(f"layer {layer.index}: experts {sorted(seen & set(members))} are in two merges")
+        seen |= set(members)
+
+
 def _clamp_top_k(model: nn.Module, config, new_count: int) -> None:
     top_k = getattr(config, "num_experts_per_tok", None)
     if top_k is not None and top_k > new_count:

@@ -21,10 +21,12 @@ from moeprune.profiling import Profile
 
 @dataclass
 class LayerScores:
-    """One layer's result: `scores` per expert (higher = keep) and the sorted `keep` indices."""
+    """One layer's result: `scores` per expert (higher = keep), the sorted `keep` indices and, for STUN's
+    selective reconstruction, `merge`: kept expert -> the cluster members whose mean replaces it."""
 
     scores: list[float]
     keep: list[int]
+    merge: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass

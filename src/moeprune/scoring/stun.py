@@ -14,8 +14,12 @@ O(1) in the number of experts: no forward pass in the default router-only form.
    total over all layers reaches the target, so layers keep different counts (recorded per layer).
 3. Each cluster keeps the member whose weights (all expert matrices, flattened) are closest to the
    cluster mean. Scores: a representative scores the size of its cluster, every other expert 0.
+4. Selective reconstruction (`reconstruct: true`, off by default): a cluster of 2 to kappa - 1 members
+   (kappa = 3) is instead replaced by the mean of its members' weights and router rows. The scores file
+   records it as `merge: {representative: members}` and `prune-experts` averages before removing.
 
-    score: {method: stun, expert_sparsity: 0.5}   # options: {lambda1: 1.0, lambda2: 0.0, global_budget: false}
+    score: {method: stun, expert_sparsity: 0.5}
+    # options: {lambda1: 1.0, lambda2: 0.0, global_budget: false, reconstruct: false, kappa: 3}
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from moeprune.scoring import SCORERS
 from moeprune.scoring.base import LayerScores, ScoringContext
 
 BISECTION_STEPS = 100
+KAPPA = 3  # selective reconstruction merges clusters smaller than this
 COLUMN_BLOCK = 1 << 20  # columns of the stacked expert tensors read at once (8 MB per member in float64)
 
 
@@ -97,14 +102,27 @@ def representative(layer: MoELayer, cluster: list[int]) -> int:
     return cluster[int(torch.argmin(squared))]
 
 
-def _layer_result(layer: MoELayer, clusters: list[list[int]]) -> LayerScores:
+def _layer_result(layer: MoELayer, clusters: list[list[int]], kappa: int) -> LayerScores:
+    """Representatives and scores; clusters of 2..kappa-1 members are merged into their representative."""
     scores = [0.0] * layer.num_experts
-    keep = []
+    keep, merge = [], {}
     for cluster in clusters:
         chosen = representative(layer, cluster)
         scores[chosen] = float(len(cluster))
         keep.append(chosen)
-    return LayerScores(scores, sorted(keep))
+        if 1 < len(cluster) < kappa:
+            merge[chosen] = list(cluster)
+    return LayerScores(scores, sorted(keep), dict(sorted(merge.items())))
+
+
+def _kappa(ctx: ScoringContext) -> int:
+    """Clusters smaller than this are reconstructed by averaging (0: selective reconstruction off)."""
+    if not ctx.option("reconstruct", False):
+        return 0
+    kappa = int(ctx.option("kappa", KAPPA))
+    if kappa < 2:
+        raise MoepruneError(f"stun option kappa={kappa} must be at least 2 (clusters of 2..kappa-1 are merged)")
+    return kappa
 
 
 def _distances(ctx: ScoringContext) -> dict[int, Tensor]:
@@ -120,6 +138,7 @@ def _distances(ctx: ScoringContext) -> dict[int, Tensor]:
 
 
 def _uniform(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, LayerScores]:
+    kappa = _kappa(ctx)
     result = {}
     for layer in ctx.adapter.layers:
         ranges = ctx.group_ranges(layer)
@@ -129,7 +148,7 @@ def _uniform(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Lay
             sub = distances[layer.index][members.start : members.stop, members.start : members.stop]
             found, _ = complete_linkage(sub, clusters=per_group)
             clusters += [[members.start + i for i in cluster] for cluster in found]
-        result[layer.index] = _layer_result(layer, clusters)
+        result[layer.index] = _layer_result(layer, clusters, kappa)
     return result
 
 
@@ -169,10 +188,11 @@ def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Laye
     heights = {i: complete_linkage(d)[1] for i, d in distances.items()}
     target = sum(ctx.keep_count(layer) for layer in ctx.adapter.layers)
     tau = search_threshold(heights, sizes, target)
+    kappa = _kappa(ctx)
     result = {}
     for layer in ctx.adapter.layers:
         clusters, _ = complete_linkage(distances[layer.index], threshold=tau)
-        result[layer.index] = _layer_result(layer, clusters)
+        result[layer.index] = _layer_result(layer, clusters, kappa)
     counts = {str(i): len(r.keep) for i, r in result.items()}
     ctx.extra["stun"] = {"mode": "global", "tau": tau, "target_total": target,
                          "kept_total": sum(counts.values()), "keep_per_layer": counts}
@@ -186,4 +206,6 @@ def score_stun(ctx: ScoringContext) -> dict[int, LayerScores]:
     if ctx.option("global_budget", False):
         return _global(ctx, distances)
     ctx.extra["stun"] = {"mode": "uniform"}
-    return _uniform(ctx, distances)
+    result = _uniform(ctx, distances)
+    ctx.extra["stun"]["merged_clusters"] = sum(len(entry.merge) for entry in result.values())
+    return result

@@ -8,14 +8,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from moeprune.arch import get_adapter, load_model, remove_experts, save_model_dir
+from moeprune.arch import get_adapter, load_model, merge_experts, remove_experts, save_model_dir
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir
 from moeprune.lineage import build_lineage, write_lineage, write_model_card
 
 
 def read_scores(path: str | Path) -> dict[str, Any]:
-    """Read and check a scores file: `{"method", "expert_sparsity", "layers": {"<l>": {"scores", "keep"}}}`."""
+    """Read and check a scores file: `{"method", "expert_sparsity", "layers": {"<l>": {"scores", "keep"}}}`.
+
+    A layer may also hold `"merge": {"<kept>": [members]}` (STUN's selective reconstruction): expert
+    `kept` becomes the mean of `members` before the others are removed.
+    """
     path = Path(path)
     if not path.is_file():
         raise MoepruneError(f"scores file '{path}' does not exist; write it with `moeprune score`")
@@ -33,7 +37,29 @@ def read_scores(path: str | Path) -> dict[str, Any]:
             raise MoepruneError(f"scores file '{path}': layer {layer} has no 'keep' list")
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in entry["keep"]):
             raise MoepruneError(f"scores file '{path}': layer {layer} 'keep' must hold integer expert indices")
+        _check_merge(path, layer, entry)
     return data
+
+
+def _check_merge(path: Path, layer: str, entry: dict[str, Any]) -> None:
+    merge = entry.get("merge", {})
+    well_formed = isinstance(merge, dict) and all(
+        str(kept).isdigit() and isinstance(members, list) and all(isinstance(m, int) for m in members)
+        for kept, members in merge.items()
+    )
+    if not well_formed:
+        raise MoepruneError(f"scores file '{path}': layer {layer} 'merge' must map a kept expert to a list of experts")
+    stray = sorted(int(kept) for kept in merge if int(kept) not in entry["keep"])
+    if stray:
+        raise MoepruneError(f"scores file '{path}': layer {layer} merges into experts {stray} that it does not keep")
+
+
+def _merge_map(scores: dict[str, Any]) -> dict[int, dict[int, list[int]]]:
+    return {
+        int(layer): {int(kept): members for kept, members in entry["merge"].items()}
+        for layer, entry in scores["layers"].items()
+        if entry.get("merge")
+    }
 
 
 def _keep_map(scores: dict[str, Any], adapter) -> dict[int, list[int]]:
@@ -66,17 +92,23 @@ def run(model: Path, scores: Path, out: Path, allow_pickle: bool = False) -> dic
         scores=scores,
     )
     before = adapter.layers[0].num_experts
+    merges = _merge_map(data)
+    merge_experts(net, merges)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         applied = remove_experts(net, keep)
     notes = [str(w.message) for w in caught]
     after = len(next(iter(applied.values())))
     record["params"]["keep"] = {str(k): v for k, v in applied.items()}
+    if merges:
+        record["params"]["merge"] = {
+            str(layer): {str(k): v for k, v in groups.items()} for layer, groups in merges.items()
+        }
     record["notes"] = notes
     with atomic_dir(out) as tmp:
         save_model_dir(net, model, tmp)
         write_lineage(tmp, record)
-        write_model_card(tmp, record, _card_summary(data, adapter, before, after, notes))
+        write_model_card(tmp, record, _card_summary(data, adapter, before, after, notes, merges))
     return {
         "out": str(out),
         "experts_before": before,
@@ -86,11 +118,16 @@ def run(model: Path, scores: Path, out: Path, allow_pickle: bool = False) -> dic
     }
 
 
-def _card_summary(data: dict[str, Any], adapter, before: int, after: int, notes: list[str]) -> list[str]:
+def _card_summary(
+    data: dict[str, Any], adapter, before: int, after: int, notes: list[str], merges: dict[int, dict]
+) -> list[str]:
     summary = [
         f"Expert pruning with `{data['method']}`: {before} -> {after} routed experts in each of "
         f"{len(adapter.layers)} MoE layers (expert sparsity {1 - after / before:.2f}).",
     ]
+    merged = sum(len(groups) for groups in merges.values())
+    if merged:
+        summary.append(f"{merged} kept experts are the mean of their cluster (STUN's selective reconstruction).")
     if not adapter.renormalises:
         summary.append(
             f"Note: the {adapter.family.name} gate does not renormalise over the chosen experts, so outputs "

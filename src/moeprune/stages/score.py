@@ -106,6 +106,13 @@ def _open_model(model: Path, method: str, options: dict[str, Any], device: torch
     return load_model(model, device=device)
 
 
+def _layer_record(entry) -> dict[str, Any]:
+    record = {"scores": entry.scores, "keep": entry.keep}
+    if entry.merge:
+        record["merge"] = {str(kept): members for kept, members in entry.merge.items()}
+    return record
+
+
 def run(
     model: Path,
     method: str,
@@ -154,7 +161,7 @@ def run(
         "expert_sparsity": float(expert_sparsity),
         "num_experts": adapter.layers[0].num_experts,
         "keep_per_layer": counts[0] if len(counts) == 1 else {str(i): len(e.keep) for i, e in layers.items()},
-        "layers": {str(index): {"scores": entry.scores, "keep": entry.keep} for index, entry in sorted(layers.items())},
+        "layers": {str(index): _layer_record(entry) for index, entry in sorted(layers.items())},
         "forward_passes": ctx.forward_passes,
         "device": str(torch_device),
         "seconds": round(time.perf_counter() - start, 3),
