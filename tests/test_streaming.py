@@ -204,3 +204,16 @@ def test_in_place_stacking_equals_transformers_operations():
     reference = next(iter(expected.convert("x.experts.gate_up_proj").values()))
     stacked = stack_in_place(lazy)
     assert stacked.shape == (3, 12, 4) and torch.equal(stacked, reference)
+
+
+def test_counts_from_shapes_match_a_loaded_model(saved):
+    from moeprune.arch import get_adapter, load_model
+    from moeprune.arch.linears import count_weights
+    from moeprune.streaming import StreamingModel, count_streamed_targets, count_streamed_weights
+
+    root, _ = saved
+    streamed = StreamingModel(root / "model")
+    adapter = get_adapter(load_model(root / "model"))
+    for targets in ("all", "experts"):
+        assert count_streamed_targets(streamed, targets) == count_weights(adapter, targets)[0]
+        assert count_streamed_weights(streamed, targets) == count_weights(adapter, targets)

@@ -317,15 +317,23 @@ class StreamingWriter:
         copy_auxiliary_files(source_dir, self.out_dir)
 
 
+def count_streamed_targets(streamed: StreamingModel, targets: str = "all") -> int:
+    """The number of targeted Linear weights of a streamed model, from the skeleton's shapes (nothing is read)."""
+    return sum(
+        weight.numel()
+        for index in range(streamed.num_blocks)
+        for _, weight in layer_linear_weights(streamed.adapter, index, targets)
+    )
+
+
 def count_streamed_weights(streamed: StreamingModel, targets: str = "all") -> tuple[int, int]:
     """`arch.linears.count_weights` for a streamed model: (targeted weights, nonzero ones), one layer at a time."""
-    total = nonzero = 0
+    nonzero = 0
     for index in range(streamed.num_blocks):
         with streamed.block(index), torch.no_grad():
             for _, weight in layer_linear_weights(streamed.adapter, index, targets):
-                total += weight.numel()
                 nonzero += int(torch.count_nonzero(weight))
-    return total, nonzero
+    return count_streamed_targets(streamed, targets), nonzero
 
 
 def base_stats(streamed: StreamingModel) -> dict[str, Any]:

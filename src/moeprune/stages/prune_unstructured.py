@@ -18,7 +18,13 @@ from moeprune.lineage import base_stats, build_lineage, read_lineage, write_line
 from moeprune.pruning.masks import check_nm, check_sparsity
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
-from moeprune.streaming import StreamingModel, StreamingWriter, count_streamed_weights, use_streaming
+from moeprune.streaming import (
+    StreamingModel,
+    StreamingWriter,
+    count_streamed_targets,
+    count_streamed_weights,
+    use_streaming,
+)
 from moeprune.streaming import base_stats as streaming_base_stats
 
 REPORT_FILE = "sparsity_report.json"
@@ -71,8 +77,8 @@ def _rate(model_dir: Path, source, streamed: bool, sparsity, total_sparsity, tar
     record = read_lineage(model_dir)
     stats = record["base_stats"] if record else _original_stats(source, streamed)
     if streamed:
-        _, nonzero = count_streamed_weights(source)
-        targeted, _ = count_streamed_weights(source, targets)
+        _, nonzero = count_streamed_weights(source)  # one read of every layer
+        targeted = count_streamed_targets(source, targets)  # shapes only
     else:
         _, nonzero = count_weights(source.adapter)
         targeted, _ = count_weights(source.adapter, targets)
