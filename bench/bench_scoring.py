@@ -117,6 +117,26 @@ def naee_per_keep_set(model, batches) -> dict:
             "block_evaluations": len(candidates), "keep": list(best)}
 
 
+def bare_forward_seconds(model, batches) -> dict[str, float]:
+    """Best-of time of the plain model forward with transformers' grouped_mm and eager experts (context for
+    the per-token scaling: a profiling pass reproduces eager's per-expert matmuls)."""
+    from moeprune.layerwise import model_inputs
+
+    seconds = {}
+    for implementation in ("grouped_mm", "eager"):
+        model.set_experts_implementation(implementation)
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            with torch.no_grad():
+                for batch in batches:
+                    model(**model_inputs(batch, model))
+            best = min(best, time.perf_counter() - start)
+        seconds[implementation] = round(best, 5)
+    model.set_experts_implementation("grouped_mm")
+    return seconds
+
+
 def _keep_of_naee(model, batches) -> list[int]:
     ctx = ScoringContext(model, get_adapter(model), SPARSITY, batches=batches)
     return sorted(next(iter(SCORERS.get("naee")(ctx).values())).keep)
@@ -161,12 +181,13 @@ def _targets(results: dict) -> dict:
 def main(forced_naee: bool = False) -> dict:
     generator = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(3, 128, (8, SEQ_LEN), generator=generator)} for _ in range(SAMPLES // 8)]
-    results = {}
+    results, bare = {}, {}
     for num_experts in EXPERTS:
         model = _layer_model(num_experts)
         reference = _reference(model)
         profile_model(model, batches[:1])  # warm-up
         results[str(num_experts)] = {method: _run(method, model, reference, batches) for method in METHODS}
+        bare[str(num_experts)] = bare_forward_seconds(model, batches)
         if num_experts == 8:
             runs = [naee_per_keep_set(model, batches) for _ in range(REPEATS)]
             best = min(runs, key=lambda r: r["seconds"])
@@ -187,6 +208,8 @@ def main(forced_naee: bool = False) -> dict:
         "expert_sparsity": SPARSITY,
         "results": results,
         "targets": _targets(results),
+        "bare_forward_seconds": bare,
+        "bare_forward_E64_over_E8": {k: round(bare["64"][k] / bare["8"][k], 2) for k in bare["8"]},
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
     }
     print(json.dumps(record["targets"], indent=1))
