@@ -31,6 +31,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests flows tasks bench
+	$(PY) -m ruff format --check src tests flows tasks bench
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -47,6 +48,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests flows tasks bench
+	$(PY) -m ruff format --check src tests flows tasks bench
 
 clean:
 	rm -rf $(VENV) runs .prefect mlruns mlflow.db

@@ -27,8 +27,15 @@ BATCHES, BATCH_SIZE, SEQ_LEN, REPEATS = 4, 32, 128, 3
 
 def _model():
     return tiny_moe_model(
-        "mixtral", num_experts=8, top_k=2, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ_LEN,
+        "mixtral",
+        num_experts=8,
+        top_k=2,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=SEQ_LEN,
     )
 
 

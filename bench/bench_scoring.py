@@ -49,7 +49,12 @@ FORCED_NAEE = 16  # with --forced-naee: also run naee here above its limit (C(16
 
 def _layer_model(num_experts: int):
     return tiny_moe_model(
-        "mixtral", num_experts=num_experts, top_k=2, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        "mixtral",
+        num_experts=num_experts,
+        top_k=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
         max_position_embeddings=SEQ_LEN,
     )
 
@@ -66,15 +71,19 @@ def _run_once(method: str, model, reference, batches, options: dict) -> dict:
     start = time.perf_counter()
     profile = profile_model(model, batches) if method in PROFILED else None
     profiled = time.perf_counter()
-    ctx = ScoringContext(model, get_adapter(model), SPARSITY, profile=profile, reference=reference,
-                         batches=batches, options=options)
+    ctx = ScoringContext(
+        model, get_adapter(model), SPARSITY, profile=profile, reference=reference, batches=batches, options=options
+    )
     try:
         SCORERS.get(method)(ctx)
     except MoepruneError as exc:
         return {"refused": str(exc)}
     end = time.perf_counter()
-    entry = {"seconds": end - start, "scoring_seconds": end - profiled,
-             "forward_passes": ctx.forward_passes + (1 if profile is not None else 0)}
+    entry = {
+        "seconds": end - start,
+        "scoring_seconds": end - profiled,
+        "forward_passes": ctx.forward_passes + (1 if profile is not None else 0),
+    }
     if "naee" in ctx.extra:
         entry["block_evaluations"] = ctx.extra["naee"]["block_evaluations"]
     return entry
@@ -113,8 +122,13 @@ def naee_per_keep_set(model, batches) -> dict:
             losses.append(float((full - pruned).pow(2).sum().sqrt()))
     best = candidates[min(range(len(losses)), key=losses.__getitem__)]
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "scoring_seconds": seconds, "forward_passes": 1,
-            "block_evaluations": len(candidates), "keep": list(best)}
+    return {
+        "seconds": seconds,
+        "scoring_seconds": seconds,
+        "forward_passes": 1,
+        "block_evaluations": len(candidates),
+        "keep": list(best),
+    }
 
 
 def bare_forward_seconds(model, batches) -> dict[str, float]:
@@ -200,8 +214,10 @@ def main(forced_naee: bool = False) -> dict:
         for method, entry in results[str(num_experts)].items():
             shown = "refused (C(E, keep) above max_combinations)"
             if "seconds" in entry:
-                shown = (f"{entry['seconds']:9.4f} s (scoring alone {entry['scoring_seconds']:9.4f} s)  "
-                         f"forward passes {entry['forward_passes']}")
+                shown = (
+                    f"{entry['seconds']:9.4f} s (scoring alone {entry['scoring_seconds']:9.4f} s)  "
+                    f"forward passes {entry['forward_passes']}"
+                )
             print(f"E={num_experts:3d}  {method:30s} {shown}")
     record = {
         "tokens": SAMPLES * SEQ_LEN,

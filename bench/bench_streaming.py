@@ -232,8 +232,13 @@ def measure_size(size: str, layers: int, workdir: Path, keep: bool, modes: tuple
     streaming = runs["streaming"]
     peak_ratio = streaming["peak_rss_bytes"] / nbytes
     result = {
-        "checkpoint": {"layers": layers, **shape, "bytes": nbytes, "gib": round(nbytes / 2**30, 3),
-                       "build_seconds": round(build_seconds, 1)},
+        "checkpoint": {
+            "layers": layers,
+            **shape,
+            "bytes": nbytes,
+            "gib": round(nbytes / 2**30, 3),
+            "build_seconds": round(build_seconds, 1),
+        },
         "runs": runs,
         "streaming_peak_over_checkpoint": round(peak_ratio, 4),
         "streaming_peak_above_import_floor_over_checkpoint": round(
@@ -259,8 +264,12 @@ def main(sizes: list[str], layers: int, workdir: Path, keep: bool, modes: tuple[
         "target": TARGET,
         "sizes": results,
         "target_met": any(result["target_met"] for result in results.values()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -293,8 +302,13 @@ if __name__ == "__main__":
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None, help="Where the checkpoints go (default: a temp dir).")
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoints and outputs.")
-    parser.add_argument("--modes", nargs="+", choices=("memory", "streaming"), default=None,
-                        help="Run these modes at every size (default: per size; in memory needs ~2.8x the checkpoint).")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("memory", "streaming"),
+        default=None,
+        help="Run these modes at every size (default: per size; in memory needs ~2.8x the checkpoint).",
+    )
     parser.add_argument("--results", type=Path, default=None, help="Write the JSON here (any run).")
     parser.add_argument("--worker", choices=("memory", "streaming"), help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)

@@ -48,8 +48,13 @@ from moeprune.io_utils import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Rough relative CPU cost of one command, to balance the workers (LM generation dominates).
-COMMAND_COST = {("lm", "evaluate"): 12.0, ("lm", "prune-unstructured"): 4.0, ("lm", "testbed"): 100.0,
-                ("vision", "testbed"): 40.0, ("lm", "score"): 2.0}
+COMMAND_COST = {
+    ("lm", "evaluate"): 12.0,
+    ("lm", "prune-unstructured"): 4.0,
+    ("lm", "testbed"): 100.0,
+    ("vision", "testbed"): 40.0,
+    ("lm", "score"): 2.0,
+}
 SCORING_FIGURES = ("seconds", "forward_passes")
 
 
@@ -75,14 +80,21 @@ def run_commands(name: str, chains: list[dict[str, Any]], log_dir: str, workers:
     with open(log_file, "w") as log:
         code = subprocess.run(
             [sys.executable, "-m", "flows.study_runner", str(chains_file), str(status_file)],
-            env=worker_env(workers), stdout=log, stderr=subprocess.STDOUT, check=False,
+            env=worker_env(workers),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
         ).returncode
     status = json.loads(status_file.read_text()) if status_file.is_file() else {"chains": []}
     failed = [chain["id"] for chain in status["chains"] if not chain["ok"]]
     if code != 0 or failed or len(status["chains"]) != len(chains):
         raise MoepruneError(f"{name}: study commands failed ({', '.join(failed) or 'worker crashed'}); see {log_file}")
-    return {"name": name, "wall_seconds": time.perf_counter() - started,
-            "cpu_seconds": status.get("process_cpu_seconds", 0.0), "chains": status["chains"]}
+    return {
+        "name": name,
+        "wall_seconds": time.perf_counter() - started,
+        "cpu_seconds": status.get("process_cpu_seconds", 0.0),
+        "chains": status["chains"],
+    }
 
 
 def chain(chain_id: str, commands: list[list[str]], testbed: str) -> dict[str, Any]:
@@ -109,11 +121,16 @@ def run_phase(name: str, shards: list[list[dict[str, Any]]], log_dir: Path, work
     for future in futures:
         future.wait()
     results = [future.result() for future in futures]  # raises the first failure, after all finished
-    phase = {"name": name, "wall_seconds": round(time.perf_counter() - started, 1),
-             "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 1),
-             "commands": sum(len(c["commands"]) for r in results for c in r["chains"])}
-    print(f"[study] phase {name}: {phase['wall_seconds']:.0f} s wall, {phase['cpu_seconds']:.0f} s CPU, "
-          f"{phase['commands']} commands")
+    phase = {
+        "name": name,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 1),
+        "commands": sum(len(c["commands"]) for r in results for c in r["chains"]),
+    }
+    print(
+        f"[study] phase {name}: {phase['wall_seconds']:.0f} s wall, {phase['cpu_seconds']:.0f} s CPU, "
+        f"{phase['commands']} commands"
+    )
     return phase
 
 
@@ -153,19 +170,38 @@ def registry_record(metrics_file: str | Path) -> dict[str, str]:
 def point_record(point: Point, points: dict[str, Point], scoring: dict, uri: str) -> dict[str, Any]:
     """A point as the results file and the report read it."""
     return {
-        "id": point.id, "study": point.study, "label": point.label, "kind": point.kind, "column": point.column,
-        "expert_method": point.expert_method, "expert_sparsity": point.expert_sparsity, "seed": point.seed,
-        "model_dir": point.model_dir, "metrics": point.metrics, "scoring": scoring,
-        "registry": registry_record(point.metrics), "commands": point_commands(point, points, uri),
+        "id": point.id,
+        "study": point.study,
+        "label": point.label,
+        "kind": point.kind,
+        "column": point.column,
+        "expert_method": point.expert_method,
+        "expert_sparsity": point.expert_sparsity,
+        "seed": point.seed,
+        "model_dir": point.model_dir,
+        "metrics": point.metrics,
+        "scoring": scoring,
+        "registry": registry_record(point.metrics),
+        "commands": point_commands(point, points, uri),
     }
 
 
 def base_record(layout: Layout, quick: bool, uri: str) -> dict[str, Any]:
     """The base model of a study as a point of the results file."""
-    commands = [testbed_command(layout, quick), *preparation_commands(layout)[2:],
-                register_command(layout.model, layout.base_metrics, uri)]
-    return {"id": f"{layout.spec.key}-base", "study": layout.spec.key, "label": "base", "kind": "base",
-            "column": 0.0, "registry": registry_record(layout.base_metrics), "commands": [shell(c) for c in commands]}
+    commands = [
+        testbed_command(layout, quick),
+        *preparation_commands(layout)[2:],
+        register_command(layout.model, layout.base_metrics, uri),
+    ]
+    return {
+        "id": f"{layout.spec.key}-base",
+        "study": layout.spec.key,
+        "label": "base",
+        "kind": "base",
+        "column": 0.0,
+        "registry": registry_record(layout.base_metrics),
+        "commands": [shell(c) for c in commands],
+    }
 
 
 @task(name="moeprune-report")
@@ -184,8 +220,11 @@ def machine() -> str:
 
 def testbed_shards(layouts: list[Layout], quick: bool) -> list[list[dict[str, Any]]]:
     """One shard per testbed that is not built yet."""
-    return [[chain(f"testbed-{lay.spec.testbed}", [testbed_command(lay, quick)], lay.spec.testbed)]
-            for lay in layouts if testbed_missing(lay)]
+    return [
+        [chain(f"testbed-{lay.spec.testbed}", [testbed_command(lay, quick)], lay.spec.testbed)]
+        for lay in layouts
+        if testbed_missing(lay)
+    ]
 
 
 def prepare_shards(layouts: list[Layout], points: dict[str, list[Point]], parents: set[str]) -> list[list[dict]]:
@@ -199,14 +238,19 @@ def prepare_shards(layouts: list[Layout], points: dict[str, list[Point]], parent
 
 def point_chains(layouts: list[Layout], points: dict[str, list[Point]], parents: set[str]) -> list[dict]:
     """Every point: build its model (unless built in `prepare`) and evaluate it."""
-    return [chain(p.id, ([] if p.id in parents else p.build) + [p.evaluate], lay.spec.testbed)
-            for lay in layouts for p in points[lay.spec.key]]
+    return [
+        chain(p.id, ([] if p.id in parents else p.build) + [p.evaluate], lay.spec.testbed)
+        for lay in layouts
+        for p in points[lay.spec.key]
+    ]
 
 
 def register_chains(layouts: list[Layout], points: list[Point], uri: str) -> list[dict[str, Any]]:
     """Bases first, then expert-pruned points, then what builds on them (so parent versions resolve)."""
-    chains = [chain(f"register-{lay.spec.key}-base", [register_command(lay.model, lay.base_metrics, uri)], "")
-              for lay in layouts]
+    chains = [
+        chain(f"register-{lay.spec.key}-base", [register_command(lay.model, lay.base_metrics, uri)], "")
+        for lay in layouts
+    ]
     ordered = sorted(points, key=lambda p: p.kind != "expert")
     return chains + [chain(f"register-{p.id}", [register_command(p.model_dir, p.metrics, uri)], "") for p in ordered]
 
@@ -279,11 +323,22 @@ def study_flow(
     for phase in phases:
         phase["studies"] = [lay.spec.key for lay in layouts]
     record = {
-        "command": shlex.join(["bash", "scripts/study.sh", *(["--quick"] if quick else []),
-                               *([] if set(studies) >= {"A", "B"} else ["--studies", *studies])]),
-        "quick": quick, "root": str(base), "tracking_uri": uri, "workers": workers, "machine": machine_line,
-        "studies": {lay.spec.key: {**spec_record(lay.spec, lay), "base": base_record(lay, quick, uri)}
-                    for lay in layouts},
+        "command": shlex.join(
+            [
+                "bash",
+                "scripts/study.sh",
+                *(["--quick"] if quick else []),
+                *([] if set(studies) >= {"A", "B"} else ["--studies", *studies]),
+            ]
+        ),
+        "quick": quick,
+        "root": str(base),
+        "tracking_uri": uri,
+        "workers": workers,
+        "machine": machine_line,
+        "studies": {
+            lay.spec.key: {**spec_record(lay.spec, lay), "base": base_record(lay, quick, uri)} for lay in layouts
+        },
         "points": [point_record(p, by_id, scoring[p.id], uri) for p in by_id.values()],
         "phases": phases,
         "cpu_seconds": round(sum(phase["cpu_seconds"] for phase in phases), 1),
@@ -295,8 +350,10 @@ def study_flow(
     record["report"] = report
     record["wall_seconds_with_report"] = round(time.perf_counter() - started, 1)
     write_json(base / "study.json", record)
-    print(f"[study] done in {record['wall_seconds_with_report'] / 60:.1f} min "
-          f"({record['cpu_seconds'] / 60:.1f} CPU min of commands): {report['report']}")
+    print(
+        f"[study] done in {record['wall_seconds_with_report'] / 60:.1f} min "
+        f"({record['cpu_seconds'] / 60:.1f} CPU min of commands): {report['report']}"
+    )
     return record
 
 

@@ -84,8 +84,10 @@ def study_specs(quick: bool = False) -> list[StudySpec]:
         key="A",
         testbed="vision",
         title="Study A: router-change pruning of a fine-tuned V-MoE (vision testbed)",
-        claim=("router-change keeps accuracy up to the fraction of task-irrelevant experts and beats an "
-               "importance baseline at high pruning ratios (Chowdhury et al., 2024)."),
+        claim=(
+            "router-change keeps accuracy up to the fraction of task-irrelevant experts and beats an "
+            "importance baseline at high pruning ratios (Chowdhury et al., 2024)."
+        ),
         task="imagenet:{data}/val",
         metrics=("imagenet.top1",),
         calib_source="imagefolder:{data}/train",
@@ -107,8 +109,10 @@ def study_specs(quick: bool = False) -> list[StudySpec]:
         key="B",
         testbed="lm",
         title="Study B: STUN, expert pruning then unstructured pruning (LM testbed, GSM8K-local)",
-        claim=("expert pruning before unstructured pruning beats unstructured-only pruning at the same total "
-               "sparsity, and STUN matches NAEE at O(1) cost (Lee et al., 2024)."),
+        claim=(
+            "expert pruning before unstructured pruning beats unstructured-only pruning at the same total "
+            "sparsity, and STUN matches NAEE at O(1) cost (Lee et al., 2024)."
+        ),
         task="gsm8k-local:{data}/test.jsonl",
         metrics=("gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"),
         calib_source="gsm8k-local:{data}/train.jsonl",
@@ -178,9 +182,21 @@ def preparation_commands(layout: Layout) -> list[list[str]]:
     """Calibrate and profile once per model, and evaluate the base model."""
     spec = layout.spec
     return [
-        ["calibrate", "--model", str(layout.model), "--source", layout.fill(spec.calib_source),
-         "--samples", str(spec.calib_samples), "--seq-len", str(spec.seq_len), "--seed", "0",
-         "--out", str(layout.calib)],
+        [
+            "calibrate",
+            "--model",
+            str(layout.model),
+            "--source",
+            layout.fill(spec.calib_source),
+            "--samples",
+            str(spec.calib_samples),
+            "--seq-len",
+            str(spec.seq_len),
+            "--seed",
+            "0",
+            "--out",
+            str(layout.calib),
+        ],
         ["profile", "--model", str(layout.model), "--calib", str(layout.calib), "--out", str(layout.profile)],
         evaluate_command(layout, layout.model, layout.base_metrics.with_name("eval.json")),
     ]
@@ -192,16 +208,43 @@ def expert_point(layout: Layout, method: str, sparsity: float, seed: int | None)
     point_id = f"{spec.key}-{method}-e{pct(sparsity)}" + (f"-s{seed}" if seed is not None else "")
     folder = layout.point_dir(point_id)
     inputs = {"reference": layout.reference, "profile": layout.profile, "calib": layout.calib}
-    score = ["score", "--model", str(layout.model), "--method", method, "--expert-sparsity", f"{sparsity:g}",
-             "--seed", str(seed or 0), "--out", str(folder / "scores.json")]
+    score = [
+        "score",
+        "--model",
+        str(layout.model),
+        "--method",
+        method,
+        "--expert-sparsity",
+        f"{sparsity:g}",
+        "--seed",
+        str(seed or 0),
+        "--out",
+        str(folder / "scores.json"),
+    ]
     for name in METHOD_INPUTS[method]:
         score += [f"--{name}", str(inputs[name])]
-    prune = ["prune-experts", "--model", str(layout.model), "--scores", str(folder / "scores.json"),
-             "--out", str(folder / "model")]
+    prune = [
+        "prune-experts",
+        "--model",
+        str(layout.model),
+        "--scores",
+        str(folder / "scores.json"),
+        "--out",
+        str(folder / "model"),
+    ]
     return Point(
-        id=point_id, study=spec.key, label=method, kind="expert", column=sparsity, model_dir=str(folder / "model"),
-        expert_method=method, expert_sparsity=sparsity, seed=seed, scores=str(folder / "scores.json"),
-        build=[score, prune], evaluate=evaluate_command(layout, folder / "model", folder / "eval.json"),
+        id=point_id,
+        study=spec.key,
+        label=method,
+        kind="expert",
+        column=sparsity,
+        model_dir=str(folder / "model"),
+        expert_method=method,
+        expert_sparsity=sparsity,
+        seed=seed,
+        scores=str(folder / "scores.json"),
+        build=[score, prune],
+        evaluate=evaluate_command(layout, folder / "model", folder / "eval.json"),
         metrics=str(folder / "metrics.json"),
     )
 
@@ -213,17 +256,34 @@ def unstructured_point(layout: Layout, method: str, total: float, parent: Point 
     point_id = f"{spec.key}-{label.replace('+', '-then-')}-t{pct(total)}"
     folder = layout.point_dir(point_id)
     source = layout.model if parent is None else parent.model_dir
-    prune = ["prune-unstructured", "--model", str(source), "--method", method.removeprefix("owl-"),
-             "--total-sparsity", f"{total:g}", "--calib", str(layout.calib), "--out", str(folder / "model")]
+    prune = [
+        "prune-unstructured",
+        "--model",
+        str(source),
+        "--method",
+        method.removeprefix("owl-"),
+        "--total-sparsity",
+        f"{total:g}",
+        "--calib",
+        str(layout.calib),
+        "--out",
+        str(folder / "model"),
+    ]
     if method.startswith("owl-"):
         prune.append("--owl")
     return Point(
-        id=point_id, study=spec.key, label=label, kind="unstructured" if parent is None else "combined",
-        column=total, model_dir=str(folder / "model"),
+        id=point_id,
+        study=spec.key,
+        label=label,
+        kind="unstructured" if parent is None else "combined",
+        column=total,
+        model_dir=str(folder / "model"),
         expert_method="none" if parent is None else parent.expert_method,
         expert_sparsity=0.0 if parent is None else parent.expert_sparsity,
-        build=[prune], evaluate=evaluate_command(layout, folder / "model", folder / "eval.json"),
-        metrics=str(folder / "metrics.json"), parent=None if parent is None else parent.id,
+        build=[prune],
+        evaluate=evaluate_command(layout, folder / "model", folder / "eval.json"),
+        metrics=str(folder / "metrics.json"),
+        parent=None if parent is None else parent.id,
     )
 
 
@@ -281,8 +341,11 @@ def spec_record(spec: StudySpec, layout: Layout) -> dict[str, Any]:
         "testbed": str(layout.testbed),
         "metrics": list(spec.metrics),
         "evaluation": {"task": layout.fill(spec.task), "limit": spec.eval_limit},
-        "calibration": {"source": layout.fill(spec.calib_source), "samples": spec.calib_samples,
-                        "seq_len": spec.seq_len},
+        "calibration": {
+            "source": layout.fill(spec.calib_source),
+            "samples": spec.calib_samples,
+            "seq_len": spec.seq_len,
+        },
         "random_seeds": list(spec.random_seeds),
         "requested": requested(spec),
         "comparisons": [{"name": n, "a": a, "b": b} for n, a, b in spec.comparisons],

@@ -13,8 +13,14 @@ from moeprune.testing import tiny_moe_model
 
 def tiny_mixtral(out: Path, num_experts: int = 4, seed: int = 0) -> Path:
     """Save a tiny random MixtralForCausalLM (2 layers, hidden 16) to `out`."""
-    shape = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
-                 max_position_embeddings=64)
+    shape = dict(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     tiny_moe_model("mixtral", num_experts=num_experts, seed=seed, **shape).save_pretrained(out)
     return out
 

@@ -117,7 +117,12 @@ def test_streaming_on_the_device_matches_in_memory_on_the_cpu(tmp_path, tiny_che
         summary = profile.run(model=model, calib=calib, out=out / "profile", streaming=streaming, device=where)
         assert summary["streaming"] is streaming
         prune_unstructured.run(
-            model=model, method="wanda", sparsity=0.5, calib=calib, out=out / "pruned", streaming=streaming,
+            model=model,
+            method="wanda",
+            sparsity=0.5,
+            calib=calib,
+            out=out / "pruned",
+            streaming=streaming,
             device=where,
         )
     streamed = load_file(str(tmp_path / "True" / "profile" / "profile.safetensors"))

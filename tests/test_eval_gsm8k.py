@@ -24,9 +24,10 @@ from moeprune.testbed.train import (
 )
 
 ANSWER = "Tom has 3 + 4 = 7 apples.\n#### 7"
-QUESTIONS = [f"{name} has {n} pears. {name} finds some apples. How many apples does Tom have?"
-             for name, n in [("Anna", 2), ("Ben", 5), ("Mia", 3), ("Leo", 9), ("Sara", 6), ("Omar", 1),
-                             ("Ella", 4), ("Raj", 8)]]
+QUESTIONS = [
+    f"{name} has {n} pears. {name} finds some apples. How many apples does Tom have?"
+    for name, n in [("Anna", 2), ("Ben", 5), ("Mia", 3), ("Leo", 9), ("Sara", 6), ("Omar", 1), ("Ella", 4), ("Raj", 8)]
+]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -49,8 +50,14 @@ def known_model(tmp_path_factory) -> tuple[Path, Path]:
 
     model = AutoModelForCausalLM.from_config(model_config("mixtral", size, tokenizer))
     cfg = TrainConfig(steps=80, batch_size=4, lr=1e-2, warmup_steps=5, desc="memorise")
-    rows = finetune_rows(tokenizer, train_records + [{"question": q, "answer": ANSWER} for q in QUESTIONS],
-                         64, shots=6, max_len=1024, seed=0)
+    rows = finetune_rows(
+        tokenizer,
+        train_records + [{"question": q, "answer": ANSWER} for q in QUESTIONS],
+        64,
+        shots=6,
+        max_len=1024,
+        seed=0,
+    )
     log = train(model, batches_from_rows(rows, cfg, tokenizer.pad_token_id), cfg)
     assert log["losses"][-1][1] < 0.05
     model.save_pretrained(root / "model")
@@ -61,8 +68,9 @@ def known_model(tmp_path_factory) -> tuple[Path, Path]:
 def test_correct_model_scores_one_and_wrong_gold_scores_zero(known_model):
     model_dir, data = known_model
     right = write_jsonl(data / "right.jsonl", [{"question": q, "answer": ANSWER} for q in QUESTIONS[6:]])
-    wrong = write_jsonl(data / "wrong.jsonl",
-                        [{"question": q, "answer": ANSWER.replace("7", "8")} for q in QUESTIONS[6:]])
+    wrong = write_jsonl(
+        data / "wrong.jsonl", [{"question": q, "answer": ANSWER.replace("7", "8")} for q in QUESTIONS[6:]]
+    )
     good = evaluate_gsm8k(model_dir, right, limit=None, batch_size=2)
     assert good == {"gsm8k.exact_match_strict": 1.0, "gsm8k.exact_match_flexible": 1.0, "gsm8k.n": 2}
     bad = evaluate_gsm8k(model_dir, wrong, limit=1, batch_size=2, num_fewshot=5)

@@ -14,8 +14,14 @@ from moeprune.evaluation.tasks import TASKS, parse_task, parse_tasks
 from moeprune.stages import evaluate
 
 SPARSITY_KEYS = (
-    "expert_sparsity", "weight_sparsity", "total_sparsity", "params", "nonzero_params",
-    "active_params_per_token", "size_bytes", "experts_per_layer",
+    "expert_sparsity",
+    "weight_sparsity",
+    "total_sparsity",
+    "params",
+    "nonzero_params",
+    "active_params_per_token",
+    "size_bytes",
+    "experts_per_layer",
 )
 
 

@@ -42,7 +42,7 @@ def direct_perplexity(model_dir: Path, text: str, seq_len: int) -> tuple[float, 
     nll, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(ids), seq_len):
-            window = torch.tensor([ids[start:start + seq_len]])
+            window = torch.tensor([ids[start : start + seq_len]])
             loss = model(input_ids=window, labels=window).loss.item()
             nll, count = nll + loss * (window.shape[1] - 1), count + window.shape[1] - 1
     return math.exp(nll / count), count

@@ -85,8 +85,17 @@ def test_vision_moe_is_profiled_from_pixel_values():
     from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification
 
     torch.manual_seed(0)
-    config = VMoEConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=4,
-                        num_attention_heads=2, intermediate_size=8, num_local_experts=4, num_labels=3)
+    config = VMoEConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=8,
+        num_local_experts=4,
+        num_labels=3,
+    )
     model = VMoEForImageClassification(config).eval()
     pixels = torch.randn(5, 1, 8, 8)
     expected = _eager_logits(model, {"pixel_values": pixels})

@@ -113,8 +113,10 @@ def test_inspect_json_and_table(mixtral_dir):
         ({"0": {"keep": [0, 1, 2, 3], "merge": {"4": [4, 5]}}, "1": {"keep": [0, 1, 2, 3]}}, "does not keep"),
         ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [1, 5]}}, "1": {"keep": [0, 1, 2, 3]}}, "must list it once"),
         ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [0, 9]}}, "1": {"keep": [0, 1, 2, 3]}}, "out of range"),
-        ({"0": {"keep": [0, 1, 2, 3], "merge": {"0": [0, 5], "1": [1, 5]}}, "1": {"keep": [0, 1, 2, 3]}},
-         "in two merges"),
+        (
+            {"0": {"keep": [0, 1, 2, 3], "merge": {"0": [0, 5], "1": [1, 5]}}, "1": {"keep": [0, 1, 2, 3]}},
+            "in two merges",
+        ),
         ({"0": {"keep": [0, 1, 2, 3], "merge": [0, 5]}, "1": {"keep": [0, 1, 2, 3]}}, "'merge' must map"),
     ],
 )

@@ -218,8 +218,13 @@ def test_score_stage_writes_merges(tmp_path):
     groups = {0: [[0, 1], [2, 3], [4, 5], [6, 7]], 1: [[0, 1], [2, 3], [4, 5], [6, 7]]}
     model = _plant_duplicates(tiny_moe_model("mixtral"), groups)
     model.save_pretrained(tmp_path / "model")
-    record = score_stage.run(model=tmp_path / "model", method="stun", expert_sparsity=0.5, out=tmp_path / "s.json",
-                             options={"reconstruct": True})
+    record = score_stage.run(
+        model=tmp_path / "model",
+        method="stun",
+        expert_sparsity=0.5,
+        out=tmp_path / "s.json",
+        options={"reconstruct": True},
+    )
     written = json.loads((tmp_path / "s.json").read_text())
     assert written == record
     assert sorted(written["layers"]["0"]["merge"].values()) == [[0, 1], [2, 3], [4, 5], [6, 7]]
@@ -263,9 +268,11 @@ def test_select_keep_and_unknown_method():
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("score_stage")
     paths = {}
-    for name, model in {"model": _plant_dead_experts(tiny_moe_model("mixtral")),
-                        "reference": tiny_moe_model("mixtral", seed=1),
-                        "other": tiny_moe_model("qwen2_moe")}.items():
+    for name, model in {
+        "model": _plant_dead_experts(tiny_moe_model("mixtral")),
+        "reference": tiny_moe_model("mixtral", seed=1),
+        "other": tiny_moe_model("qwen2_moe"),
+    }.items():
         model.save_pretrained(root / name)
         paths[name] = root / name
     paths["calib"] = root / "calib.safetensors"
@@ -279,8 +286,9 @@ def test_score_stage_writes_the_schema_and_prune_experts_loads(saved, tmp_path):
     from moeprune.stages import prune_experts
 
     out = tmp_path / "scores.json"
-    record = score_stage.run(model=saved["model"], method="reap", expert_sparsity=0.5, out=out,
-                             profile=saved["profile"])
+    record = score_stage.run(
+        model=saved["model"], method="reap", expert_sparsity=0.5, out=out, profile=saved["profile"]
+    )
     written = json.loads(out.read_text())
     assert written == record
     assert written["method"] == "reap" and written["expert_sparsity"] == 0.5 and written["keep_per_layer"] == 4
@@ -295,11 +303,22 @@ def test_score_stage_writes_the_schema_and_prune_experts_loads(saved, tmp_path):
 
 
 def test_score_stage_router_change_and_naee(saved, tmp_path):
-    record = score_stage.run(model=saved["model"], method="router-change", expert_sparsity=0.25,
-                             out=tmp_path / "rc.json", reference=saved["reference"])
+    record = score_stage.run(
+        model=saved["model"],
+        method="router-change",
+        expert_sparsity=0.25,
+        out=tmp_path / "rc.json",
+        reference=saved["reference"],
+    )
     assert record["keep_per_layer"] == 6 and record["reference"] == str(saved["reference"])
-    record = score_stage.run(model=saved["model"], method="naee", expert_sparsity=0.75, out=tmp_path / "n.json",
-                             calib=saved["calib"], options={"max_combinations": "100"})
+    record = score_stage.run(
+        model=saved["model"],
+        method="naee",
+        expert_sparsity=0.75,
+        out=tmp_path / "n.json",
+        calib=saved["calib"],
+        options={"max_combinations": "100"},
+    )
     assert record["forward_passes"] == 1 and record["naee"]["block_evaluations"] == 2 * 28
     assert record["options"] == {"max_combinations": 100}
 

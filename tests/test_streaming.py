@@ -168,8 +168,13 @@ def test_streaming_is_chosen_when_the_checkpoint_exceeds_the_budget(saved, tmp_p
 def test_errors(saved, tmp_path):
     root, calib = saved
     with pytest.raises(MoepruneError, match="applies to naee only"):
-        score_stage.run(model=root / "model", method="random", expert_sparsity=0.5, out=tmp_path / "r.json",
-                        options={"streaming": True})
+        score_stage.run(
+            model=root / "model",
+            method="random",
+            expert_sparsity=0.5,
+            out=tmp_path / "r.json",
+            options={"streaming": True},
+        )
     broken = tmp_path / "broken"
     model = tiny_moe_model("mixtral")
     model.save_pretrained(broken)

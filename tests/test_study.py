@@ -125,8 +125,14 @@ def test_report_errors_name_the_fix(tmp_path):
 
 
 def row(label: str, kind: str, column: float, value: float, sparsity: float, seed: int | None = None) -> Row:
-    return Row(group="X", label=label, kind=kind, column=column, seed=seed,
-               values={"imagenet.top1": value, "total_sparsity": sparsity})
+    return Row(
+        group="X",
+        label=label,
+        kind=kind,
+        column=column,
+        seed=seed,
+        values={"imagenet.top1": value, "total_sparsity": sparsity},
+    )
 
 
 def test_aggregate_pareto_and_comparisons_on_hand_made_rows():
@@ -141,13 +147,26 @@ def test_aggregate_pareto_and_comparisons_on_hand_made_rows():
     assert cells[("random", 0.5)].mean == pytest.approx(0.6)
     assert cells[("random", 0.5)].std == pytest.approx(math.sqrt(0.02)) and cells[("random", 0.5)].n == 2
     assert cells[("router-change", 0.5)] == Cell(0.85, 0.0, 1)
-    front = pareto_front([(label, c, s, v) for label, c, s, v in [
-        ("base", 0.0, 0.0, 0.9), ("random", 0.5, 0.4, 0.6), ("router-change", 0.5, 0.4, 0.85),
-        ("router-change", 0.75, 0.6, 0.6)]])
+    front = pareto_front(
+        [
+            (label, c, s, v)
+            for label, c, s, v in [
+                ("base", 0.0, 0.0, 0.9),
+                ("random", 0.5, 0.4, 0.6),
+                ("router-change", 0.5, 0.4, 0.85),
+                ("router-change", 0.75, 0.6, 0.6),
+            ]
+        ]
+    )
     assert [(p[0], p[1]) for p in front] == [("base", 0.0), ("router-change", 0.5), ("router-change", 0.75)]
-    group = Group(key="X", title="X", rows=rows, metrics=("imagenet.top1",),
-                  comparisons=[{"name": "rc vs random", "a": "router-change", "b": "random"}],
-                  requested={"expert": {"router-change": [0.5, 0.75], "random": [0.5, 0.75]}})
+    group = Group(
+        key="X",
+        title="X",
+        rows=rows,
+        metrics=("imagenet.top1",),
+        comparisons=[{"name": "rc vs random", "a": "router-change", "b": "random"}],
+        requested={"expert": {"router-change": [0.5, 0.75], "random": [0.5, 0.75]}},
+    )
     (only,) = comparison_rows(group, "imagenet.top1")
     assert only["column"] == 0.5 and only["difference"] == pytest.approx(0.25)
     assert missing_requests(group) == ["random @ 0.75"]
@@ -157,8 +176,21 @@ def test_runner_stops_a_failed_chain_and_runs_the_next(tmp_path):
     from flows.study_runner import main
 
     chains = [
-        {"id": "bad", "commands": [["evaluate", "--model", str(tmp_path / "none"), "--task", "perplexity:x",
-                                    "--out", str(tmp_path / "m.json")], ["inspect", "--model", "never-run"]]},
+        {
+            "id": "bad",
+            "commands": [
+                [
+                    "evaluate",
+                    "--model",
+                    str(tmp_path / "none"),
+                    "--task",
+                    "perplexity:x",
+                    "--out",
+                    str(tmp_path / "m.json"),
+                ],
+                ["inspect", "--model", "never-run"],
+            ],
+        },
         {"id": "good", "commands": [["score", "--help"]]},
     ]
     (tmp_path / "chains.json").write_text(json.dumps(chains))

@@ -16,7 +16,11 @@ from moeprune.testbed.train import TrainConfig
 
 MICRO_PLAN = Plan(
     size=ModelSize(hidden=32, layers=1, heads=2, kv_heads=2, intermediate=32, experts=4, top_k=2),
-    n_train=30, n_test=5, n_pretrain_docs=200, n_pretrain_sample=20, pretrain_seq_len=64,
+    n_train=30,
+    n_test=5,
+    n_pretrain_docs=200,
+    n_pretrain_sample=20,
+    pretrain_seq_len=64,
     pretrain=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="pretrain"),
     finetune=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="fine-tune"),
 )

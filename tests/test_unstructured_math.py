@@ -261,8 +261,9 @@ def test_sparsity_outside_unit_interval_is_a_clear_error(sparsity: float) -> Non
             call()
 
 
-@pytest.mark.parametrize(("n", "m", "message"), [(4, 4, "1 <= N < M"), (5, 4, "1 <= N < M"),
-                                                 (0, 4, "1 <= N < M"), (2, 5, "divisible by 5")])
+@pytest.mark.parametrize(
+    ("n", "m", "message"), [(4, 4, "1 <= N < M"), (5, 4, "1 <= N < M"), (0, 4, "1 <= N < M"), (2, 5, "divisible by 5")]
+)
 def test_bad_nm_patterns_are_clear_errors(n: int, m: int, message: str) -> None:
     weight = random_weight(in_features=64)
     with pytest.raises(MoepruneError, match=message):

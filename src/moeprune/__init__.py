@@ -1,2 +1,3 @@
 """moeprune."""
+
 __version__ = "0.1.0"

@@ -199,9 +199,7 @@ class UnstructuredSection(Section):
     """Unstructured pruning after expert pruning; method `none` copies the model unchanged."""
 
     method: str = "wanda"
-    options: UnstructuredOptions = Field(
-        default_factory=lambda: UnstructuredOptions(**{"total-sparsity": 0.6})
-    )
+    options: UnstructuredOptions = Field(default_factory=lambda: UnstructuredOptions(**{"total-sparsity": 0.6}))
 
     @field_validator("method")
     @classmethod
@@ -315,7 +313,6 @@ class Params(Section):
     sweep: SweepSection = Field(default_factory=SweepSection)
     schedules: SchedulesSection = Field(default_factory=SchedulesSection)
 
-
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -364,13 +361,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """
     path = Path(path)
     if not path.is_file():
-        raise MoepruneError(
-            f"{path}: params file not found; pass --params PATH or copy the repository's params.yaml"
-        )
+        raise MoepruneError(f"{path}: params file not found; pass --params PATH or copy the repository's params.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise MoepruneError(
-            f"{path}: not valid YAML ({str(error).splitlines()[0]}); fix the syntax"
-        ) from None
+        raise MoepruneError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); fix the syntax") from None
     return parse_params(data, source=path.name)

@@ -46,9 +46,14 @@ def stack_in_place(mapping: Any) -> torch.Tensor | None:
     chain = [type(op) for op in ops]
     lists = [mapping.collected_tensors[p] for p in mapping.source_patterns if p in mapping.collected_tensors]
     eligible = (
-        (chain == [MergeModulelist] and len(lists) == 1)
-        or (chain == [MergeModulelist, Concatenate] and ops[1].dim == 1 and lists)
-    ) and ops[0].dim == 0 and mapping.quantization_operation is None and len({len(items) for items in lists}) == 1
+        (
+            (chain == [MergeModulelist] and len(lists) == 1)
+            or (chain == [MergeModulelist, Concatenate] and ops[1].dim == 1 and lists)
+        )
+        and ops[0].dim == 0
+        and mapping.quantization_operation is None
+        and len({len(items) for items in lists}) == 1
+    )
     if not eligible:
         return None
     mapping.collected_tensors.clear()
@@ -147,5 +152,3 @@ class _ViewConcatenate(Concatenate):
     @property
     def reverse_op(self) -> _ViewChunk:
         return _ViewChunk(self.dim, self.num_shards_attribute)
-
-

@@ -75,9 +75,16 @@ class ExpertStatsAccumulator:
     def __post_init__(self) -> None:
         e, h, i = self.num_experts, self.hidden_size, self.intermediate_size
         shapes = {
-            "frequency": (e,), "soft_frequency": (e,), "coactivation": (e, e), "gated_norm": (e,),
-            "output_norm": (e,), "logit_sum": (e,), "logit_sq": (e,), "logit_tokens": (1,),
-            "wanda_in_sq": (e, h), "wanda_down_sq": (e, i),
+            "frequency": (e,),
+            "soft_frequency": (e,),
+            "coactivation": (e, e),
+            "gated_norm": (e,),
+            "output_norm": (e,),
+            "logit_sum": (e,),
+            "logit_sq": (e,),
+            "logit_tokens": (1,),
+            "wanda_in_sq": (e, h),
+            "wanda_down_sq": (e, i),
         }
         # Sums stay on the model's device (no per-expert host sync); float64 unless the device lacks it (MPS).
         dtype = torch.float32 if torch.device(self.device).type == "mps" else torch.float64
@@ -93,9 +100,7 @@ class ExpertStatsAccumulator:
         self.sums["coactivation"] += hits.T @ hits
         self.tokens += top_k_index.shape[0]
 
-    def add_experts(
-        self, inputs: Tensor, experts: Tensor, intermediate: Tensor, output: Tensor, gates: Tensor
-    ) -> None:
+    def add_experts(self, inputs: Tensor, experts: Tensor, intermediate: Tensor, output: Tensor, gates: Tensor) -> None:
         """One batch's routed rows, all experts at once.
 
         Args:
@@ -248,9 +253,7 @@ def profiling(model: nn.Module) -> Iterator[dict[int, ExpertStatsAccumulator]]:
         for layer in adapter.layers
     }
     previous = model.get_experts_implementation()
-    handles = [
-        layer.router.register_forward_hook(_logit_hook(accumulators[layer.index])) for layer in adapter.layers
-    ]
+    handles = [layer.router.register_forward_hook(_logit_hook(accumulators[layer.index])) for layer in adapter.layers]
     try:
         model.set_experts_implementation(PROFILE_IMPLEMENTATION)
         for layer in adapter.layers:

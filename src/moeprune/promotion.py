@@ -79,9 +79,7 @@ def find_base(versions: list[Candidate], policy: PromoteSection) -> Candidate:
     """The version tagged role=base (the lowest if several); it must carry the policy metric."""
     bases = sorted((v for v in versions if v.role == "base"), key=lambda v: v.version)
     if not bases:
-        raise MoepruneError(
-            "no version tagged role=base is registered; register the base model with its metrics first"
-        )
+        raise MoepruneError("no version tagged role=base is registered; register the base model with its metrics first")
     base = bases[0]
     if policy.metric not in base.values:
         raise MoepruneError(

@@ -109,9 +109,7 @@ def read_metrics(metrics: Path | dict | None) -> dict[str, float]:
     if not isinstance(metrics, dict):
         path = Path(metrics)
         if not path.is_file():
-            raise MoepruneError(
-                f"{path}: metrics file not found; run `moeprune evaluate ... --out {path}` first"
-            )
+            raise MoepruneError(f"{path}: metrics file not found; run `moeprune evaluate ... --out {path}` first")
         metrics = json.loads(path.read_text())
     values = {}
     for key, value in metrics.items():
@@ -290,9 +288,7 @@ def fill_missing_metrics(client: Any, version: Any, values: dict[str, float]) ->
             client.log_metric(version.run_id, key, value)
 
 
-def version_record(
-    version: Any, name: str, role: str, uri: str, created: bool, base_version: str | None
-) -> dict:
+def version_record(version: Any, name: str, role: str, uri: str, created: bool, base_version: str | None) -> dict:
     """The JSON-ready summary of a registered version."""
     return {
         "name": name,
@@ -364,9 +360,7 @@ def numeric_tags(tags: dict[str, str]) -> dict[str, float]:
 
 def moeprune_models(client: Any) -> list[str]:
     """Names of the registered models moeprune created."""
-    return sorted(
-        m.name for m in client.search_registered_models() if (m.tags or {}).get("moeprune") == "true"
-    )
+    return sorted(m.name for m in client.search_registered_models() if (m.tags or {}).get("moeprune") == "true")
 
 
 def promote(
@@ -387,9 +381,7 @@ def promote(
     client = mlflow_client(uri)
     names = [model_name] if model_name else moeprune_models(client)
     if not names:
-        raise MoepruneError(
-            f"no moeprune model is registered at {uri}; run `moeprune register` (or dvc repro) first"
-        )
+        raise MoepruneError(f"no moeprune model is registered at {uri}; run `moeprune register` (or dvc repro) first")
     decisions = []
     for name in names:
         if not registered_model_exists(client, name):

@@ -265,9 +265,7 @@ def pareto_front(points: list[tuple[str, float, float, float]]) -> list[tuple[st
     front = []
     for point in points:
         _, _, sparsity, accuracy = point
-        dominated = any(
-            s >= sparsity and a >= accuracy and (s > sparsity or a > accuracy) for _, _, s, a in points
-        )
+        dominated = any(s >= sparsity and a >= accuracy and (s > sparsity or a > accuracy) for _, _, s, a in points)
         if not dominated:
             front.append(point)
     return sorted(front, key=lambda p: p[2])
@@ -307,8 +305,15 @@ def comparison_rows(group: Group, metric: str) -> list[dict[str, Any]]:
             if label != first or other is None:
                 continue
             results.append(
-                {"name": comparison.get("name", f"{first} vs {second}"), "a": first, "b": second,
-                 "column": column, "a_mean": cell.mean, "b_mean": other.mean, "difference": cell.mean - other.mean}
+                {
+                    "name": comparison.get("name", f"{first} vs {second}"),
+                    "a": first,
+                    "b": second,
+                    "column": column,
+                    "a_mean": cell.mean,
+                    "b_mean": other.mean,
+                    "difference": cell.mean - other.mean,
+                }
             )
     return results
 

@@ -111,9 +111,16 @@ def comparison_section(group: Group, context: dict[str, str]) -> list[str]:
         if not found:
             continue
         short = SHORT_NAMES.get(metric, metric)
-        body = [[c["name"], percent(c["column"]), f"`{c['a']}` {metric_value(metric, c['a_mean'])}",
-                 f"`{c['b']}` {metric_value(metric, c['b_mean'])}", f"{metric_value(metric, c['difference'])}"]
-                for c in found]
+        body = [
+            [
+                c["name"],
+                percent(c["column"]),
+                f"`{c['a']}` {metric_value(metric, c['a_mean'])}",
+                f"`{c['b']}` {metric_value(metric, c['b_mean'])}",
+                f"{metric_value(metric, c['difference'])}",
+            ]
+            for c in found
+        ]
         lines += [f"**Claims, {short}** (difference of means; positive: the first method is better)", ""]
         lines += table(["comparison", "sparsity", "first", "second", f"difference ({short})"], body)
         lines += ["", reproduce(context), ""]
@@ -124,8 +131,10 @@ def pareto_section(group: Group, files: dict[str, str], context: dict[str, str])
     """The configurations on the accuracy / total sparsity Pareto front."""
     metric = group.metric
     front = pareto_front([p for p in configuration_points(group) if not math.isnan(p[2])])
-    body = [[f"`{label}`", percent(column), measured(sparsity), metric_value(metric, value)]
-            for label, column, sparsity, value in front]
+    body = [
+        [f"`{label}`", percent(column), measured(sparsity), metric_value(metric, value)]
+        for label, column, sparsity, value in front
+    ]
     lines = [f"### Pareto front ({SHORT_NAMES.get(metric, metric)} vs total sparsity)", ""]
     lines += table(["method", "filed under", "total sparsity", SHORT_NAMES.get(metric, metric)], body) + [""]
     return lines + figure(files.get("pareto"), "Pareto front", context)
@@ -140,14 +149,24 @@ def cost_section(group: Group, files: dict[str, str], context: dict[str, str]) -
     for method, figures in sorted(costs.items(), key=lambda item: item[1]["seconds"].mean):
         seconds, passes = figures.get("seconds"), figures.get("forward_passes")
         blocks = figures.get("block_evaluations")
-        body.append([f"`{method}`", f"{seconds.mean:.2f} ± {seconds.std:.2f}" if seconds else "-",
-                     f"{passes.mean:g}" if passes else "-", f"{blocks.mean:g}" if blocks else "-",
-                     str(seconds.n if seconds else 0)])
+        body.append(
+            [
+                f"`{method}`",
+                f"{seconds.mean:.2f} ± {seconds.std:.2f}" if seconds else "-",
+                f"{passes.mean:g}" if passes else "-",
+                f"{blocks.mean:g}" if blocks else "-",
+                str(seconds.n if seconds else 0),
+            ]
+        )
     lines = ["### Cost of each scoring method", ""]
     lines += table(["method", "seconds (mean ± std)", "forward passes", "block evaluations", "points"], body)
-    lines += ["", "Seconds are the scoring step alone (`seconds` of the scores JSON, model loading included); "
-              "methods that read the profile (frequency, reap) also rely on the one profiling pass shared by "
-              "all of them.", ""]
+    lines += [
+        "",
+        "Seconds are the scoring step alone (`seconds` of the scores JSON, model loading included); "
+        "methods that read the profile (frequency, reap) also rely on the one profiling pass shared by "
+        "all of them.",
+        "",
+    ]
     return lines + figure(files.get("cost"), "Cost of scoring", context)
 
 
@@ -158,8 +177,9 @@ def group_section(group: Group, files: dict[str, str], context: dict[str, str]) 
     if group.claim:
         lines += [f"Claim tested: {group.claim}", ""]
     if base is not None:
-        figures = ", ".join(f"{SHORT_NAMES.get(m, m)} {metric_value(m, base.values.get(m, math.nan))}"
-                            for m in group.metrics)
+        figures = ", ".join(
+            f"{SHORT_NAMES.get(m, m)} {metric_value(m, base.values.get(m, math.nan))}" for m in group.metrics
+        )
         lines += [f"Base model: `{base.model}` version {base.version} ({figures}).", ""]
     if any(row.kind == "expert" for row in group.rows):
         lines += ["### Accuracy vs expert sparsity (expert pruning only)", ""]
@@ -185,10 +205,17 @@ def appendix(groups: list[Group]) -> list[str]:
     body = []
     for group in groups:
         for row in group.rows:
-            body.append([group.key, row.point or "-", f"`{row.label}`", f"{row.model} v{row.version}",
-                         "-" if row.seed is None else str(row.seed)]
-                        + [measured(row.values[k]) if k in row.values else "-" for k in APPENDIX_FIGURES]
-                        + [metric_value(m, row.values[m]) if m in row.values else "-" for m in metrics])
+            body.append(
+                [
+                    group.key,
+                    row.point or "-",
+                    f"`{row.label}`",
+                    f"{row.model} v{row.version}",
+                    "-" if row.seed is None else str(row.seed),
+                ]
+                + [measured(row.values[k]) if k in row.values else "-" for k in APPENDIX_FIGURES]
+                + [metric_value(m, row.values[m]) if m in row.values else "-" for m in metrics]
+            )
     header = ["study", "point", "method", "version", "seed", "expert sp.", "weight sp.", "total sp."]
     lines += table(header + [SHORT_NAMES.get(m, m) for m in metrics], body)
     commands = [(row.point, row.commands) for group in groups for row in group.rows if row.commands]
@@ -206,8 +233,11 @@ def render(groups: list[Group], files: dict[str, dict[str, str]], context: dict[
     lines += [context["source"], ""]
     if context.get("timing"):
         lines += [context["timing"], ""]
-    lines += ["Cells are the mean over seeds, ± the sample standard deviation and the number of seeds where "
-              "there are several; accuracies in percent.", ""]
+    lines += [
+        "Cells are the mean over seeds, ± the sample standard deviation and the number of seeds where "
+        "there are several; accuracies in percent.",
+        "",
+    ]
     for group in groups:
         lines += group_section(group, files.get(group.key, {}), context)
     lines += appendix(groups)

@@ -63,8 +63,14 @@ def plot_expert_sparsity(group: Group, path: Path, footer: str) -> None:
     for label in (label for label in labels if label != "base"):
         xs = [c for c in columns if (label, c) in cells]
         points = ([(0.0, base)] if base else []) + [(c, cells[(label, c)]) for c in xs]
-        ax.errorbar([100 * x for x, _ in points], [factor * c.mean for _, c in points],
-                    yerr=[factor * c.std for _, c in points], marker="o", capsize=3, label=label)
+        ax.errorbar(
+            [100 * x for x, _ in points],
+            [factor * c.mean for _, c in points],
+            yerr=[factor * c.std for _, c in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     ax.set_xlabel("expert sparsity (% of routed experts removed per MoE layer)")
     ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
     title(ax, group, "accuracy vs expert sparsity")
@@ -85,9 +91,15 @@ def plot_total_sparsity(group: Group, path: Path, footer: str) -> None:
         kind = next(row.kind for row in rows if row.label == label)
         xs = [c for c in columns if (label, c) in cells]
         points = ([(0.0, base)] if base else []) + [(sparsity_of(rows, label, c), cells[(label, c)]) for c in xs]
-        ax.errorbar([100 * x for x, _ in points], [factor * c.mean for _, c in points],
-                    yerr=[factor * c.std for _, c in points], marker="o", capsize=3, label=label,
-                    linestyle="-" if kind == "combined" else "--")
+        ax.errorbar(
+            [100 * x for x, _ in points],
+            [factor * c.mean for _, c in points],
+            yerr=[factor * c.std for _, c in points],
+            marker="o",
+            capsize=3,
+            label=label,
+            linestyle="-" if kind == "combined" else "--",
+        )
     ax.set_xlabel("total sparsity (% of decoder Linear weights zero or removed, vs the base)")
     ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
     title(ax, group, "expert-then-unstructured (solid) vs unstructured-only (dashed)")
@@ -103,11 +115,22 @@ def plot_pareto(group: Group, path: Path, footer: str) -> None:
     front, factor = pareto_front(points), scale(group.metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([100 * p[2] for p in points], [factor * p[3] for p in points], color="lightgray", label="all")
-    ax.step([100 * p[2] for p in front], [factor * p[3] for p in front], where="post", color="crimson",
-            marker="o", label="Pareto front")
+    ax.step(
+        [100 * p[2] for p in front],
+        [factor * p[3] for p in front],
+        where="post",
+        color="crimson",
+        marker="o",
+        label="Pareto front",
+    )
     for label, column, sparsity, value in front:
-        ax.annotate(f"{label} @{100 * column:g}%", (100 * sparsity, factor * value), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{label} @{100 * column:g}%",
+            (100 * sparsity, factor * value),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_xlabel("total sparsity (%)")
     ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
     title(ax, group, "Pareto front")
@@ -136,8 +159,13 @@ def plot_cost(group: Group, path: Path, footer: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(ordered) + 1.8))
     names = [cost_label(name, figures) for name, figures in ordered]
     seconds = [max(f["seconds"].mean, 1e-3) if "seconds" in f else 1e-3 for _, f in ordered]
-    ax.barh(names, seconds, xerr=[f["seconds"].std if "seconds" in f else 0 for _, f in ordered], color="steelblue",
-            capsize=3)
+    ax.barh(
+        names,
+        seconds,
+        xerr=[f["seconds"].std if "seconds" in f else 0 for _, f in ordered],
+        color="steelblue",
+        capsize=3,
+    )
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("seconds of the scoring step (log scale)")

@@ -116,7 +116,9 @@ def write_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dic
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
         header[name] = {
-            "dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]
+            "dtype": DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
         }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()

@@ -209,7 +209,8 @@ class StreamingModel:
         """The weights outside the decoder layers (embeddings, final norm, LM head), read and converted."""
         tensors = self.conversion.convert({key: self.reader.loader(key) for key in self.other_keys})
         expected = {
-            name for name, tensor in self.model.state_dict().items()
+            name
+            for name, tensor in self.model.state_dict().items()
             if not name.startswith(f"{self.layers_path}.") and tensor.is_meta
         }
         missing = sorted(expected - set(tensors) - self.tied)

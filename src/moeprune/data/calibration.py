@@ -37,8 +37,8 @@ IMAGE_BATCH = 64
 def parse_source(source: str) -> tuple[str, str]:
     """Split `PREFIX:ARGUMENT` into (`PREFIX:`, `ARGUMENT`); raises MoepruneError for an unknown prefix."""
     for prefix in CALIBRATION_SOURCES:
-        if source.startswith(prefix) and source[len(prefix):]:
-            return prefix, source[len(prefix):]
+        if source.startswith(prefix) and source[len(prefix) :]:
+            return prefix, source[len(prefix) :]
     valid = "gsm8k-local:PATH, text:PATH, imagefolder:DIR, hf:NAME[:SPLIT]"
     raise MoepruneError(f"unknown calibration source {source!r}; valid sources: {valid}")
 
@@ -139,9 +139,7 @@ def hf_documents(dataset, spec: str) -> list[str]:
         return [t for t in dataset["text"] if isinstance(t, str) and t.strip()]
     if {"question", "answer"} <= columns:
         return [format_gsm8k(q, a) for q, a in zip(dataset["question"], dataset["answer"], strict=True)]
-    raise MoepruneError(
-        f"data set hf:{spec} has no 'text' or 'question'/'answer' column (it has {sorted(columns)})"
-    )
+    raise MoepruneError(f"data set hf:{spec} has no 'text' or 'question'/'answer' column (it has {sorted(columns)})")
 
 
 def dataset_sha256(dataset) -> str:
@@ -186,7 +184,7 @@ def sample_windows(ids: list[int], samples: int, seq_len: int, seed: int) -> tor
     tokens = torch.tensor(ids, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.randint(0, len(ids) - seq_len + 1, (samples,), generator=generator)
-    return torch.stack([tokens[start:start + seq_len] for start in offsets.tolist()])
+    return torch.stack([tokens[start : start + seq_len] for start in offsets.tolist()])
 
 
 def choose_images(count: int, samples: int, seed: int) -> list[int]:
@@ -201,7 +199,7 @@ def preprocess_images(images: list, processor) -> torch.Tensor:
     """Run the model's image processor over PIL images in batches: `[N, C, H, W]` float32."""
     batches = []
     for start in tqdm(range(0, len(images), IMAGE_BATCH), desc="preprocess images", disable=None):
-        batch = processor(images=images[start:start + IMAGE_BATCH], return_tensors="pt")["pixel_values"]
+        batch = processor(images=images[start : start + IMAGE_BATCH], return_tensors="pt")["pixel_values"]
         batches.append(batch.to(torch.float32))
     return torch.cat(batches)
 
@@ -212,9 +210,7 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def write_calibration(
-    out: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]
-) -> dict[str, Any]:
+def write_calibration(out: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
     """Write `out` (safetensors) and its sidecar atomically; the sidecar gains `sha256` of `out`.
 
     Returns:
@@ -244,9 +240,7 @@ def read_calibration_info(path: str | Path) -> dict[str, Any]:
     """The sidecar record of a calibration file (`F.json`)."""
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
-        raise MoepruneError(
-            f"calibration sidecar {sidecar} is missing; remake {path} with `moeprune calibrate`"
-        )
+        raise MoepruneError(f"calibration sidecar {sidecar} is missing; remake {path} with `moeprune calibrate`")
     return json.loads(sidecar.read_text())
 
 
@@ -263,8 +257,10 @@ def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, tor
     count = next(iter(tensors.values())).shape[0]
     if count == 0:
         raise MoepruneError(f"calibration file {path} is empty; make it with `moeprune calibrate --samples N`")
-    return [{name: tensor[start : start + batch_size] for name, tensor in tensors.items()}
-            for start in range(0, count, batch_size)]
+    return [
+        {name: tensor[start : start + batch_size] for name, tensor in tensors.items()}
+        for start in range(0, count, batch_size)
+    ]
 
 
 def load_tokenizer(model_dir: str | Path):

@@ -20,15 +20,65 @@ from pathlib import Path
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_file
 
-HE_NAMES = ["Tom", "Ben", "Sam", "Leo", "Max", "Omar", "Ivan", "Raj", "Carlos", "Jack", "Noah", "Liam",
-            "Hugo", "Kenji", "Felix", "Ali"]
-SHE_NAMES = ["Anna", "Mia", "Lucy", "Emma", "Sara", "Nina", "Julia", "Aisha", "Maria", "Lily", "Zoe",
-             "Grace", "Mei", "Olga", "Rosa", "Ella"]
-OBJECTS = ["apples", "pencils", "marbles", "stickers", "books", "cookies", "shells", "cards", "coins",
-           "stamps", "oranges", "balloons", "toy cars", "flowers", "candies", "buttons", "eggs", "rocks",
-           "crayons", "cupcakes"]
-ITEMS = ["notebooks", "pens", "toys", "tickets", "sandwiches", "bracelets", "plants", "muffins", "kites",
-         "puzzles"]
+HE_NAMES = [
+    "Tom",
+    "Ben",
+    "Sam",
+    "Leo",
+    "Max",
+    "Omar",
+    "Ivan",
+    "Raj",
+    "Carlos",
+    "Jack",
+    "Noah",
+    "Liam",
+    "Hugo",
+    "Kenji",
+    "Felix",
+    "Ali",
+]
+SHE_NAMES = [
+    "Anna",
+    "Mia",
+    "Lucy",
+    "Emma",
+    "Sara",
+    "Nina",
+    "Julia",
+    "Aisha",
+    "Maria",
+    "Lily",
+    "Zoe",
+    "Grace",
+    "Mei",
+    "Olga",
+    "Rosa",
+    "Ella",
+]
+OBJECTS = [
+    "apples",
+    "pencils",
+    "marbles",
+    "stickers",
+    "books",
+    "cookies",
+    "shells",
+    "cards",
+    "coins",
+    "stamps",
+    "oranges",
+    "balloons",
+    "toy cars",
+    "flowers",
+    "candies",
+    "buttons",
+    "eggs",
+    "rocks",
+    "crayons",
+    "cupcakes",
+]
+ITEMS = ["notebooks", "pens", "toys", "tickets", "sandwiches", "bracelets", "plants", "muffins", "kites", "puzzles"]
 CONTAINERS = ["boxes", "bags", "jars", "baskets", "packs"]
 PLACES = ["the market", "the store", "the fair", "the shop", "school"]
 MAX_OPERAND = 10
@@ -118,20 +168,34 @@ def _story_step(rng: random.Random, value: int, name: str, he: str, his: str, ob
     cap = he.capitalize()
     if op == "+":
         k = rng.randint(1, MAX_OPERAND)
-        text = rng.choice([f"{cap} buys {k} more {obj} at {rng.choice(PLACES)}.",
-                           f"{other} gives {name} {k} {obj}.", f"{cap} finds {k} more {obj}.",
-                           f"Then {he} gets {k} {obj} as a gift."])
+        text = rng.choice(
+            [
+                f"{cap} buys {k} more {obj} at {rng.choice(PLACES)}.",
+                f"{other} gives {name} {k} {obj}.",
+                f"{cap} finds {k} more {obj}.",
+                f"Then {he} gets {k} {obj} as a gift.",
+            ]
+        )
         step = _step(value, "+", k, f"After that, {name} has {{expr}} {obj}.")
     elif op == "-":
         k = rng.randint(1, min(value, MAX_OPERAND)) if value > 0 else 0
-        text = rng.choice([f"{cap} gives {k} {obj} to {other}.", f"{cap} loses {k} {obj}.",
-                           f"{cap} sells {k} of {his} {obj}.", f"Then {he} uses {k} {obj}."])
+        text = rng.choice(
+            [
+                f"{cap} gives {k} {obj} to {other}.",
+                f"{cap} loses {k} {obj}.",
+                f"{cap} sells {k} of {his} {obj}.",
+                f"Then {he} uses {k} {obj}.",
+            ]
+        )
         step = _step(value, "-", k, f"Then {name} has {{expr}} {obj} left.")
     elif op == "*":
         k = rng.choice([2, 3]) if value > 5 else rng.randint(2, 4)
         word = {2: "doubles", 3: "triples"}.get(k)
-        text = (f"The number of {obj} {name} has {word}." if word and rng.random() < 0.5
-                else f"Now {name} has {k} times as many {obj} as before.")
+        text = (
+            f"The number of {obj} {name} has {word}."
+            if word and rng.random() < 0.5
+            else f"Now {name} has {k} times as many {obj} as before."
+        )
         step = _step(value, "*", k, f"So {name} has {{expr}} {obj}.")
     else:
         k = rng.choice([d for d in (2, 3, 4, 5) if value % d == 0])
@@ -153,16 +217,29 @@ def story_problem(rng: random.Random, n_ops: int) -> Problem:
         value, n_ops = steps[-1].result, n_ops - 1
     else:
         value = rng.randint(2, MAX_START)
-        sentences = [rng.choice([f"{name} has {value} {obj}.", f"{name} had {value} {obj} in {his} bag.",
-                                 f"At first, {name} owns {value} {obj}."])]
+        sentences = [
+            rng.choice(
+                [
+                    f"{name} has {value} {obj}.",
+                    f"{name} had {value} {obj} in {his} bag.",
+                    f"At first, {name} owns {value} {obj}.",
+                ]
+            )
+        ]
     for _ in range(n_ops):
         text, step = _story_step(rng, value, name, he, his, obj)
         sentences.append(text)
         steps.append(step)
         value = step.result
-    sentences.append(rng.choice([f"How many {obj} does {name} have now?",
-                                 f"How many {obj} does {name} have in the end?",
-                                 f"How many {obj} does {he} have at the end?"]))
+    sentences.append(
+        rng.choice(
+            [
+                f"How many {obj} does {name} have now?",
+                f"How many {obj} does {name} have in the end?",
+                f"How many {obj} does {he} have at the end?",
+            ]
+        )
+    )
     return Problem(" ".join(sentences), steps)
 
 
@@ -173,8 +250,9 @@ def compare_problem(rng: random.Random, n_ops: int) -> Problem:
     a, k = rng.randint(2, MAX_START), rng.randint(1, MAX_OPERAND)
     if n_ops == 1:
         b = rng.randint(1, a)
-        question = (f"{a_name} has {a} {obj} and {b_name} has {b} {obj}. "
-                    f"How many more {obj} does {a_name} have than {b_name}?")
+        question = (
+            f"{a_name} has {a} {obj} and {b_name} has {b} {obj}. How many more {obj} does {a_name} have than {b_name}?"
+        )
         return Problem(question, [_step(a, "-", b, f"{a_name} has {{expr}} more {obj} than {b_name}.")])
     steps = [_step(a, "+", k, f"{b_name} has {{expr}} {obj}.")]
     question = f"{a_name} has {a} {obj}. {b_name} has {k} more {obj} than {a_name}."
@@ -237,8 +315,9 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
-def write_splits(out_dir: Path, n_train: int, n_test: int, seed: int,
-                 calc_annotations: bool = False) -> dict[str, Path]:
+def write_splits(
+    out_dir: Path, n_train: int, n_test: int, seed: int, calc_annotations: bool = False
+) -> dict[str, Path]:
     """Write disjoint `train.jsonl` and `test.jsonl` GSM8K-schema splits into `out_dir`.
 
     Args:

@@ -71,8 +71,13 @@ def sorting(rng: random.Random) -> str:
 def successor(rng: random.Random) -> str:
     """What comes after or before a number."""
     n = rng.randint(1, 98)
-    return rng.choice([f"After {n} comes {n + 1}.", f"Before {n} comes {n - 1}.",
-                       f"The number after {n} is {n + 1}, and the number before {n} is {n - 1}."])
+    return rng.choice(
+        [
+            f"After {n} comes {n + 1}.",
+            f"Before {n} comes {n - 1}.",
+            f"The number after {n} is {n + 1}, and the number before {n} is {n - 1}.",
+        ]
+    )
 
 
 def description(rng: random.Random) -> str:
@@ -80,17 +85,28 @@ def description(rng: random.Random) -> str:
     sentences = []
     for _ in range(rng.randint(2, 3)):
         name = rng.choice(HE_NAMES + SHE_NAMES)
-        sentences.append(rng.choice([
-            f"{name} {rng.choice(VERBS)} {rng.choice(COLORS)} {rng.choice(OBJECTS)}.",
-            f"{name} has a {rng.choice(COLORS)} {rng.choice(ANIMALS)}.",
-            f"There are {rng.randint(2, 12)} {rng.choice(OBJECTS)} on the table near {name}.",
-            f"The {rng.choice(ANIMALS)} sits by the {rng.choice(WORDS)}.",
-        ]))
+        sentences.append(
+            rng.choice(
+                [
+                    f"{name} {rng.choice(VERBS)} {rng.choice(COLORS)} {rng.choice(OBJECTS)}.",
+                    f"{name} has a {rng.choice(COLORS)} {rng.choice(ANIMALS)}.",
+                    f"There are {rng.randint(2, 12)} {rng.choice(OBJECTS)} on the table near {name}.",
+                    f"The {rng.choice(ANIMALS)} sits by the {rng.choice(WORDS)}.",
+                ]
+            )
+        )
     return " ".join(sentences)
 
 
 TASKS: tuple[Callable[[random.Random], str], ...] = (
-    counting, copying, arithmetic_fact, arithmetic_fact, comparison, sorting, successor, description,
+    counting,
+    copying,
+    arithmetic_fact,
+    arithmetic_fact,
+    comparison,
+    sorting,
+    successor,
+    description,
     description,
 )
 

@@ -24,10 +24,12 @@ DIGIT_SPLIT = Regex(r" ?[0-9]")
 def _bpe_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
     """An untrained byte-level BPE with single-digit splitting, and its trainer."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(DIGIT_SPLIT, behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(DIGIT_SPLIT, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -38,8 +40,9 @@ def _bpe_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
     return tokenizer, trainer
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024
-                    ) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024
+) -> PreTrainedTokenizerFast:
     """Train the testbed tokenizer on `texts` and wrap it for transformers.
 
     Args:

@@ -47,15 +47,17 @@ def local_task_config(test_path: Path) -> dict:
         train_path = test_path
     config = builtin_gsm8k_yaml()
     config.pop("tag", None)
-    config.update({
-        "task": LOCAL_TASK,
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"train": str(train_path), "test": str(test_path)}},
-        "training_split": "train",
-        "fewshot_split": "train",
-        "test_split": "test",
-    })
+    config.update(
+        {
+            "task": LOCAL_TASK,
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"train": str(train_path), "test": str(test_path)}},
+            "training_split": "train",
+            "fewshot_split": "train",
+            "test_split": "test",
+        }
+    )
     return config
 
 
@@ -63,8 +65,10 @@ def _check_model_dir(model_dir: Path) -> Path:
     """Fail early with a clear message when `model_dir` is not a saved HF model."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise MoepruneError(f"{model_dir} is not a Hugging Face model directory (no config.json); "
-                            "give a folder written by save_pretrained")
+        raise MoepruneError(
+            f"{model_dir} is not a Hugging Face model directory (no config.json); "
+            "give a folder written by save_pretrained"
+        )
     return model_dir
 
 
@@ -76,8 +80,10 @@ def _require_builtin_dataset() -> None:
     try:
         load_dataset_builder(config["dataset_path"], config["dataset_name"])
     except Exception as error:  # noqa: BLE001 - offline, not cached, or hub errors all mean "unavailable"
-        raise MoepruneError(f"lm-eval's gsm8k data set ({config['dataset_path']}) is not available offline; "
-                            "cache it first or use the gsm8k-local:PATH task") from error
+        raise MoepruneError(
+            f"lm-eval's gsm8k data set ({config['dataset_path']}) is not available offline; "
+            "cache it first or use the gsm8k-local:PATH task"
+        ) from error
 
 
 def _flat_metrics(results: dict, task: str) -> dict:
@@ -91,8 +97,14 @@ def _flat_metrics(results: dict, task: str) -> dict:
     }
 
 
-def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_size: int,
-                   num_fewshot: int | None = None, device: str = "auto") -> dict:
+def evaluate_gsm8k(
+    model_dir: Path,
+    data: Path | None,
+    limit: int | None,
+    batch_size: int,
+    num_fewshot: int | None = None,
+    device: str = "auto",
+) -> dict:
     """Strict and flexible GSM8K exact match of a causal LM, through lm-eval's HF backend.
 
     Args:
@@ -130,9 +142,15 @@ def evaluate_gsm8k(model_dir: Path, data: Path | None, limit: int | None, batch_
             (Path(tmp) / f"{LOCAL_TASK}.yaml").write_text(yaml.safe_dump(local_task_config(Path(data))))
             manager = TaskManager(include_path=tmp, include_defaults=False)
         results = simple_evaluate(
-            model="hf", model_args=f"pretrained={model_dir.resolve()},dtype={dtype}", tasks=[task],
-            num_fewshot=num_fewshot, batch_size=batch_size, limit=limit, device=str(torch_device),
-            task_manager=manager, log_samples=False,
+            model="hf",
+            model_args=f"pretrained={model_dir.resolve()},dtype={dtype}",
+            tasks=[task],
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            limit=limit,
+            device=str(torch_device),
+            task_manager=manager,
+            log_samples=False,
         )
     return _flat_metrics(results, task)
 
@@ -188,23 +206,29 @@ def routing_report(model_dir: Path, data: Path, limit: int | None) -> dict:
     records = read_jsonl(Path(data))[:limit]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    routers = {i: layer.mlp.gate for i, layer in enumerate(model.model.layers)
-               if hasattr(getattr(layer, "mlp", None), "gate")}
+    routers = {
+        i: layer.mlp.gate for i, layer in enumerate(model.model.layers) if hasattr(getattr(layer, "mlp", None), "gate")
+    }
     if not routers:
         raise MoepruneError(f"{model_dir} has no MoE layer with an `mlp.gate` router")
     mask_holder: dict = {}
-    stats = {i: {"entropy_sum": 0.0, "tokens": 0, "counts": torch.zeros(router.weight.shape[0], dtype=torch.float64)}
-             for i, router in routers.items()}
+    stats = {
+        i: {"entropy_sum": 0.0, "tokens": 0, "counts": torch.zeros(router.weight.shape[0], dtype=torch.float64)}
+        for i, router in routers.items()
+    }
     handles = [router.register_forward_hook(_router_hook(stats[i], mask_holder)) for i, router in routers.items()]
     texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in records]
     try:
         with torch.no_grad():
             for start in range(0, len(texts), 16):
-                batch = tokenizer(texts[start:start + 16], return_tensors="pt", padding=True)
+                batch = tokenizer(texts[start : start + 16], return_tensors="pt", padding=True)
                 mask_holder["mask"] = batch["attention_mask"].flatten().bool()
                 model(**batch)
     finally:
         for handle in handles:
             handle.remove()
-    return {"n_problems": len(records), "n_tokens": stats[next(iter(stats))]["tokens"],
-            "layers": {i: _layer_summary(s) for i, s in stats.items()}}
+    return {
+        "n_problems": len(records),
+        "n_tokens": stats[next(iter(stats))]["tokens"],
+        "layers": {i: _layer_summary(s) for i, s in stats.items()},
+    }

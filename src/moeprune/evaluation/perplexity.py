@@ -49,20 +49,16 @@ def window_length(model: torch.nn.Module, seq_len: int | None) -> int:
     if seq_len is None:
         return min(int(context or DEFAULT_MAX_SEQ_LEN), DEFAULT_MAX_SEQ_LEN)
     if context is not None and seq_len > context:
-        raise MoepruneError(
-            f"seq_len {seq_len} exceeds the model's context of {context} tokens; use at most {context}"
-        )
+        raise MoepruneError(f"seq_len {seq_len} exceeds the model's context of {context} tokens; use at most {context}")
     return seq_len
 
 
-def perplexity_of_windows(
-    model: torch.nn.Module, windows: list[torch.Tensor], batch_size: int
-) -> tuple[float, int]:
+def perplexity_of_windows(model: torch.nn.Module, windows: list[torch.Tensor], batch_size: int) -> tuple[float, int]:
     """(perplexity, number of predicted tokens) over windows; equal-length windows are batched."""
     device = next(model.parameters()).device
     full = [w for w in windows if len(w) == len(windows[0])]
-    batches = [torch.stack(full[i:i + batch_size]) for i in range(0, len(full), batch_size)]
-    batches += [w.unsqueeze(0) for w in windows[len(full):]]
+    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
+    batches += [w.unsqueeze(0) for w in windows[len(full) :]]
     nll, count = 0.0, 0
     with torch.inference_mode():
         for batch in tqdm(batches, desc="perplexity", disable=None):

@@ -126,9 +126,7 @@ def parse_tasks(specs: str) -> list[tuple[Task, Path | None]]:
     return parsed
 
 
-def run_tasks(
-    model_dir: Path, specs: str, limit: int | None, batch_size: int, device: str = "auto"
-) -> dict[str, Any]:
+def run_tasks(model_dir: Path, specs: str, limit: int | None, batch_size: int, device: str = "auto") -> dict[str, Any]:
     """Run every task of a comma-separated `--task` string on one model; merge their flat metrics."""
     metrics: dict[str, Any] = {}
     for task, path in parse_tasks(specs):

@@ -61,9 +61,7 @@ class InputStats:
         count: number of tokens added.
     """
 
-    def __init__(
-        self, in_features: int, need_hessian: bool = False, device: torch.device | str | None = None
-    ) -> None:
+    def __init__(self, in_features: int, need_hessian: bool = False, device: torch.device | str | None = None) -> None:
         """Start empty accumulators for inputs of width `in_features`.
 
         Args:
@@ -136,9 +134,7 @@ class UnstructuredMethod:
 class MethodRegistry(dict[str, UnstructuredMethod]):
     """Name -> method; a missing name raises a MoepruneError that lists the valid names."""
 
-    def register(
-        self, name: str, needs_inputs: bool, needs_hessian: bool = False
-    ) -> Callable[[PruneFn], PruneFn]:
+    def register(self, name: str, needs_inputs: bool, needs_hessian: bool = False) -> Callable[[PruneFn], PruneFn]:
         """Decorator registering a prune function under `name`."""
 
         def decorator(fn: PruneFn) -> PruneFn:
@@ -243,8 +239,7 @@ def total_to_unstructured_rate(
     targeted = remaining_params if targeted_params is None else targeted_params
     if not 0 < remaining_params <= original_params or not 0 < targeted <= remaining_params:
         raise ValueError(
-            f"need 0 < targeted ({targeted}) <= remaining ({remaining_params})"
-            f" <= original ({original_params})"
+            f"need 0 < targeted ({targeted}) <= remaining ({remaining_params}) <= original ({original_params})"
         )
     rate = (remaining_params - (1.0 - target) * original_params) / targeted
     reached = 1.0 - remaining_params / original_params

@@ -93,8 +93,7 @@ class ScoringContext:
     def require_reference(self, method: str) -> nn.Module:
         if self.reference is None:
             raise MoepruneError(
-                f"method '{method}' needs the pretrained checkpoint the model was fine-tuned from; "
-                "pass --reference DIR"
+                f"method '{method}' needs the pretrained checkpoint the model was fine-tuned from; pass --reference DIR"
             )
         return self.reference
 

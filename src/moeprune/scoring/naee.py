@@ -257,8 +257,13 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
 
     try:
         if progressive:
-            layerwise.run(source, batches, decide_first, description="naee: enumerate (progressive)",
-                          on_done=lambda index, block: restriction.close())
+            layerwise.run(
+                source,
+                batches,
+                decide_first,
+                description="naee: enumerate (progressive)",
+                on_done=lambda index, block: restriction.close(),
+            )
         else:
             layerwise.run(source, batches, record, description="naee: enumerate", on_done=enumerate_layer)
     finally:

@@ -60,8 +60,9 @@ def _router_scores(ctx: ScoringContext, method: str, formula) -> dict[int, Layer
     check_same_architecture(ctx.adapter, reference_adapter)
     with torch.no_grad():
         scores = {
-            layer.index: formula(layer.router_weight.detach().cpu(),
-                                 reference_adapter.layer(layer.index).router_weight.detach().cpu())
+            layer.index: formula(
+                layer.router_weight.detach().cpu(), reference_adapter.layer(layer.index).router_weight.detach().cpu()
+            )
             for layer in ctx.adapter.layers
         }
     return ranked_layer_scores(ctx, scores)

@@ -194,8 +194,13 @@ def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Laye
         clusters, _ = complete_linkage(distances[layer.index], threshold=tau)
         result[layer.index] = _layer_result(layer, clusters, kappa)
     counts = {str(i): len(r.keep) for i, r in result.items()}
-    ctx.extra["stun"] = {"mode": "global", "tau": tau, "target_total": target,
-                         "kept_total": sum(counts.values()), "keep_per_layer": counts}
+    ctx.extra["stun"] = {
+        "mode": "global",
+        "tau": tau,
+        "target_total": target,
+        "kept_total": sum(counts.values()),
+        "keep_per_layer": counts,
+    }
     return result
 
 

@@ -111,8 +111,9 @@ def image_source(prefix: str, argument: str, config) -> tuple[int, Callable[[lis
     )
 
 
-def build_tokens(model_dir: Path, prefix: str, argument: str, samples: int, seq_len: int, seed: int, info: dict
-                 ) -> dict[str, torch.Tensor]:
+def build_tokens(
+    model_dir: Path, prefix: str, argument: str, samples: int, seq_len: int, seed: int, info: dict
+) -> dict[str, torch.Tensor]:
     """`samples` token windows of `seq_len` at seeded offsets; fills the token fields of `info`."""
     documents, info["source_sha256"] = token_documents(prefix, argument)
     ids = tokenize_documents(load_tokenizer(model_dir), documents)
@@ -121,8 +122,9 @@ def build_tokens(model_dir: Path, prefix: str, argument: str, samples: int, seq_
     return {"input_ids": input_ids}
 
 
-def build_images(model_dir: Path, config, prefix: str, argument: str, samples: int, seed: int, info: dict
-                 ) -> dict[str, torch.Tensor]:
+def build_images(
+    model_dir: Path, config, prefix: str, argument: str, samples: int, seed: int, info: dict
+) -> dict[str, torch.Tensor]:
     """`samples` distinct images, preprocessed, with their labels; fills the image fields of `info`."""
     processor = load_image_processor(model_dir)
     count, fetch, labels, info["source_sha256"] = image_source(prefix, argument, config)
@@ -132,8 +134,9 @@ def build_images(model_dir: Path, config, prefix: str, argument: str, samples: i
     return {"pixel_values": pixel_values, "labels": torch.tensor([labels[i] for i in chosen], dtype=torch.int64)}
 
 
-def build_calibration(model_dir: str | Path, source: str, samples: int, seq_len: int, seed: int = 0
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def build_calibration(
+    model_dir: str | Path, source: str, samples: int, seq_len: int, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Make calibration tensors for a model from a source, in memory.
 
     Returns:

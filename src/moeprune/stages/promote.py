@@ -21,9 +21,7 @@ from moeprune.registry import promote, resolve_tracking_uri
 
 def decision_table(decision: Decision) -> Table:
     """A rich table of one registered model's candidates and the decision."""
-    title = (
-        f"{decision.model_name}: base v{decision.base_version} {decision.metric} = {decision.base_metric:.4f}"
-    )
+    title = f"{decision.model_name}: base v{decision.base_version} {decision.metric} = {decision.base_metric:.4f}"
     table = Table(title=title)
     for column in (
         "version",
@@ -69,7 +67,5 @@ def run(params: Path | None = None, tracking_uri: str | None = None, dry_run: bo
     for decision in decisions:
         console.print(decision_table(decision))
         prefix = "[yellow]dry run, nothing changed:[/yellow] " if dry_run else ""
-        console.print(
-            f"{prefix}champion v{decision.champion}, challenger v{decision.challenger}: {decision.reason}"
-        )
+        console.print(f"{prefix}champion v{decision.champion}, challenger v{decision.challenger}: {decision.reason}")
     return {"dry_run": dry_run, "tracking_uri": uri, "decisions": [d.to_dict() for d in decisions]}

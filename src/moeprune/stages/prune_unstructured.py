@@ -130,7 +130,10 @@ def run(
         "calibrate_all_experts": calibrate_all_experts,
     }
     record = build_lineage(
-        stage="prune-unstructured", params=params, parent=model, parent_model=None if streamed else source.model,
+        stage="prune-unstructured",
+        params=params,
+        parent=model,
+        parent_model=None if streamed else source.model,
         calibration=calib,
     )
     if streamed and not record["base_stats"]:

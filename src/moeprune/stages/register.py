@@ -23,9 +23,7 @@ def load_optional_params(params: Path | None) -> Params | None:
     return load_params(params) if params is not None else None
 
 
-def run(
-    model: Path, metrics: Path, params: Path | None = None, tracking_uri: str | None = None
-) -> dict[str, Any]:
+def run(model: Path, metrics: Path, params: Path | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Register `model` with `metrics`; the record returned is also written to `<metrics>.registry.json`.
 
     Args:
@@ -36,9 +34,7 @@ def run(
     """
     model, metrics = Path(model), Path(metrics)
     if not model.is_dir():
-        raise MoepruneError(
-            f"{model}: model directory not found; pass --model DIR written by save_pretrained"
-        )
+        raise MoepruneError(f"{model}: model directory not found; pass --model DIR written by save_pretrained")
     record = register_model_dir(model, metrics, load_optional_params(params), tracking_uri)
     record["registry_json"] = str(write_registry_record(metrics, record))
     verb = "registered" if record["created"] else "already registered as"

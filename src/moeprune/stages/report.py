@@ -72,8 +72,17 @@ def group_data(group: Group) -> dict[str, Any]:
         "metrics": list(group.metrics),
         "claim": group.claim,
         "rows": [
-            {"point": r.point, "label": r.label, "kind": r.kind, "column": r.column, "model": r.model,
-             "version": r.version, "seed": r.seed, "values": r.values, "scoring": r.scoring}
+            {
+                "point": r.point,
+                "label": r.label,
+                "kind": r.kind,
+                "column": r.column,
+                "model": r.model,
+                "version": r.version,
+                "seed": r.seed,
+                "values": r.values,
+                "scoring": r.scoring,
+            }
             for r in group.rows
         ],
         "cells": cells,

@@ -79,8 +79,10 @@ def _notes(ctx: ScoringContext, layers: dict) -> list[str]:
     for layer in ctx.adapter.layers:
         kept = len(layers[layer.index].keep)
         if kept < layer.top_k:
-            notes.append(f"layer {layer.index}: top_k={layer.top_k} is larger than the {kept} kept experts; "
-                         f"prune-experts will clamp top_k to {kept}")
+            notes.append(
+                f"layer {layer.index}: top_k={layer.top_k} is larger than the {kept} kept experts; "
+                f"prune-experts will clamp top_k to {kept}"
+            )
     return notes
 
 

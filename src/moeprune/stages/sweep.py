@@ -1,6 +1,6 @@
 """Stage `sweep`: the CLI's door to the Prefect sweep flow (`flows/sweep.py`).
 
-    moeprune sweep [--params params.yaml] [--dask-address tcp://HOST:8786]
+moeprune sweep [--params params.yaml] [--dask-address tcp://HOST:8786]
 """
 
 from __future__ import annotations

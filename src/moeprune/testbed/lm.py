@@ -75,13 +75,21 @@ class Plan:
 
 DEFAULT_PLAN = Plan(
     size=ModelSize(),
-    n_train=20000, n_test=200, n_pretrain_docs=60000, n_pretrain_sample=2000, pretrain_seq_len=256,
+    n_train=20000,
+    n_test=200,
+    n_pretrain_docs=60000,
+    n_pretrain_sample=2000,
+    pretrain_seq_len=256,
     pretrain=TrainConfig(steps=160, batch_size=16, lr=2e-3, warmup_steps=20, desc="pretrain"),
     finetune=TrainConfig(steps=640, batch_size=6, lr=3e-3, warmup_steps=20, desc="fine-tune"),
 )
 QUICK_PLAN = Plan(
     size=ModelSize(hidden=64, layers=2, heads=2, kv_heads=2, intermediate=128, experts=4, top_k=2),
-    n_train=300, n_test=20, n_pretrain_docs=2000, n_pretrain_sample=200, pretrain_seq_len=128,
+    n_train=300,
+    n_test=20,
+    n_pretrain_docs=2000,
+    n_pretrain_sample=200,
+    pretrain_seq_len=128,
     pretrain=TrainConfig(steps=15, batch_size=8, lr=3e-3, warmup_steps=3, desc="pretrain"),
     finetune=TrainConfig(steps=25, batch_size=4, lr=3e-3, warmup_steps=3, desc="fine-tune"),
 )
@@ -90,11 +98,17 @@ QUICK_PLAN = Plan(
 def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase) -> dict:
     """Config fields every family shares (names as in the stock config classes)."""
     return {
-        "vocab_size": len(tokenizer), "hidden_size": size.hidden, "num_hidden_layers": size.layers,
-        "num_attention_heads": size.heads, "num_key_value_heads": size.kv_heads,
-        "max_position_embeddings": size.max_positions, "num_experts_per_tok": size.top_k,
-        "router_aux_loss_coef": ROUTER_AUX_LOSS_COEF, "tie_word_embeddings": False,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "vocab_size": len(tokenizer),
+        "hidden_size": size.hidden,
+        "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads,
+        "num_key_value_heads": size.kv_heads,
+        "max_position_embeddings": size.max_positions,
+        "num_experts_per_tok": size.top_k,
+        "router_aux_loss_coef": ROUTER_AUX_LOSS_COEF,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
 
@@ -108,23 +122,44 @@ def model_config(family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBas
     common = _common(size, tokenizer)
     head_dim = size.hidden // size.heads
     if family == "mixtral":
-        return transformers.MixtralConfig(**common, intermediate_size=size.intermediate,
-                                          num_local_experts=size.experts, head_dim=head_dim)
+        return transformers.MixtralConfig(
+            **common, intermediate_size=size.intermediate, num_local_experts=size.experts, head_dim=head_dim
+        )
     if family == "qwen3_moe":
-        return transformers.Qwen3MoeConfig(**common, moe_intermediate_size=size.intermediate,
-                                           intermediate_size=size.intermediate, num_experts=size.experts,
-                                           num_local_experts=size.experts, norm_topk_prob=True,
-                                           decoder_sparse_step=1, mlp_only_layers=[], head_dim=head_dim)
+        return transformers.Qwen3MoeConfig(
+            **common,
+            moe_intermediate_size=size.intermediate,
+            intermediate_size=size.intermediate,
+            num_experts=size.experts,
+            num_local_experts=size.experts,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            head_dim=head_dim,
+        )
     if family == "olmoe":
-        return transformers.OlmoeConfig(**common, intermediate_size=size.intermediate,
-                                        num_experts=size.experts, norm_topk_prob=True)
+        return transformers.OlmoeConfig(
+            **common, intermediate_size=size.intermediate, num_experts=size.experts, norm_topk_prob=True
+        )
     if family == "deepseek_v3":
         return transformers.DeepseekV3Config(
-            **common, intermediate_size=2 * size.intermediate, moe_intermediate_size=size.intermediate,
-            n_routed_experts=size.experts, n_shared_experts=1, n_group=1, topk_group=1,
-            first_k_dense_replace=0, norm_topk_prob=True, routed_scaling_factor=1.0,
-            q_lora_rank=None, kv_lora_rank=head_dim, qk_rope_head_dim=head_dim // 2,
-            qk_nope_head_dim=head_dim // 2, v_head_dim=head_dim, head_dim=head_dim // 2)
+            **common,
+            intermediate_size=2 * size.intermediate,
+            moe_intermediate_size=size.intermediate,
+            n_routed_experts=size.experts,
+            n_shared_experts=1,
+            n_group=1,
+            topk_group=1,
+            first_k_dense_replace=0,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.0,
+            q_lora_rank=None,
+            kv_lora_rank=head_dim,
+            qk_rope_head_dim=head_dim // 2,
+            qk_nope_head_dim=head_dim // 2,
+            v_head_dim=head_dim,
+            head_dim=head_dim // 2,
+        )
     raise MoepruneError(f"unknown testbed family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
@@ -156,8 +191,9 @@ def _phase(cfg: TrainConfig, seed: int) -> TrainConfig:
     return TrainConfig(**{**asdict(cfg), "seed": seed})
 
 
-def build_lm_testbed(out: Path, family: str = "mixtral", seed: int = 0, quick: bool = False,
-                     plan: Plan | None = None) -> dict:
+def build_lm_testbed(
+    out: Path, family: str = "mixtral", seed: int = 0, quick: bool = False, plan: Plan | None = None
+) -> dict:
     """Build the pretrained / fine-tuned MoE LM pair and its data under `out` (replaced atomically).
 
     Args:
@@ -176,8 +212,7 @@ def build_lm_testbed(out: Path, family: str = "mixtral", seed: int = 0, quick: b
     with atomic_dir(out) as tmp:
         make_deterministic(seed)
         records, documents = _write_data(tmp / "data", plan, seed)
-        tokenizer = build_tokenizer(_tokenizer_corpus(records, documents),
-                                    model_max_length=plan.size.max_positions)
+        tokenizer = build_tokenizer(_tokenizer_corpus(records, documents), model_max_length=plan.size.max_positions)
         config = model_config(family, plan.size, tokenizer)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -185,16 +220,32 @@ def build_lm_testbed(out: Path, family: str = "mixtral", seed: int = 0, quick: b
         rows = pretrain_rows(tokenizer, documents, plan.pretrain_seq_len)
         pretrain_log = train(model, batches_from_tensor(rows, pretrain_cfg), pretrain_cfg)
         _save(model, tokenizer, tmp / "pretrained")
-        packed = finetune_rows(tokenizer, records, finetune_cfg.steps * finetune_cfg.batch_size,
-                               FEWSHOT + 1, plan.finetune_max_len, random.Random(seed).randint(0, 2**31))
-        finetune_log = train(model, batches_from_rows(packed, finetune_cfg, tokenizer.pad_token_id),
-                             finetune_cfg)
+        packed = finetune_rows(
+            tokenizer,
+            records,
+            finetune_cfg.steps * finetune_cfg.batch_size,
+            FEWSHOT + 1,
+            plan.finetune_max_len,
+            random.Random(seed).randint(0, 2**31),
+        )
+        finetune_log = train(model, batches_from_rows(packed, finetune_cfg, tokenizer.pad_token_id), finetune_cfg)
         _save(model, tokenizer, tmp / "finetuned")
         record = {
-            "family": family, "seed": seed, "quick": quick, "model_type": config.model_type,
-            "size": asdict(plan.size), "params": _count_params(model), "vocab_size": len(tokenizer),
-            "data": {"n_train": plan.n_train, "n_test": plan.n_test, "n_pretrain_docs": plan.n_pretrain_docs,
-                     "pretrain_rows": len(rows), "finetune_rows": len(packed), "fewshot": FEWSHOT},
+            "family": family,
+            "seed": seed,
+            "quick": quick,
+            "model_type": config.model_type,
+            "size": asdict(plan.size),
+            "params": _count_params(model),
+            "vocab_size": len(tokenizer),
+            "data": {
+                "n_train": plan.n_train,
+                "n_test": plan.n_test,
+                "n_pretrain_docs": plan.n_pretrain_docs,
+                "pretrain_rows": len(rows),
+                "finetune_rows": len(packed),
+                "fewshot": FEWSHOT,
+            },
             "pretrain": {**asdict(pretrain_cfg), **pretrain_log},
             "finetune": {**asdict(finetune_cfg), **finetune_log},
             "train_seconds": round(pretrain_log["seconds"] + finetune_log["seconds"], 2),

@@ -68,8 +68,9 @@ def pack_fewshot(records: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     return text + FEWSHOT_DELIMITER + QUESTION_PREFIX, spans
 
 
-def encode_with_mask(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[tuple[int, int]],
-                     max_len: int) -> tuple[list[int], list[int]]:
+def encode_with_mask(
+    tokenizer: PreTrainedTokenizerBase, text: str, spans: list[tuple[int, int]], max_len: int
+) -> tuple[list[int], list[int]]:
     """Token ids of `text` (with `<s>`) and labels that keep only tokens starting inside `spans`."""
     encoding = tokenizer(text, return_offsets_mapping=True)
     ids, labels = encoding["input_ids"], []
@@ -79,8 +80,9 @@ def encode_with_mask(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[
     return ids[:max_len], labels[:max_len]
 
 
-def finetune_rows(tokenizer: PreTrainedTokenizerBase, records: list[dict], n_rows: int, shots: int,
-                  max_len: int, seed: int) -> list[tuple[list[int], list[int]]]:
+def finetune_rows(
+    tokenizer: PreTrainedTokenizerBase, records: list[dict], n_rows: int, shots: int, max_len: int, seed: int
+) -> list[tuple[list[int], list[int]]]:
     """`n_rows` packed rows of `shots` random records each (ids, labels); repeats only if too few records."""
     rng = random.Random(seed)
     rows = []
@@ -91,8 +93,7 @@ def finetune_rows(tokenizer: PreTrainedTokenizerBase, records: list[dict], n_row
     return rows
 
 
-def pretrain_rows(tokenizer: PreTrainedTokenizerBase, documents: list[str], seq_len: int
-                  ) -> torch.Tensor:
+def pretrain_rows(tokenizer: PreTrainedTokenizerBase, documents: list[str], seq_len: int) -> torch.Tensor:
     """The documents as one stream (blank-line separated) cut into `<s>`-prefixed rows `[N, seq_len]`."""
     stream = tokenizer(FEWSHOT_DELIMITER.join(documents), add_special_tokens=False, verbose=False)["input_ids"]
     width = seq_len - 1
@@ -125,20 +126,25 @@ def batches_from_tensor(rows: torch.Tensor, cfg: TrainConfig) -> list[dict[str, 
     return batches
 
 
-def batches_from_rows(rows: list[tuple[list[int], list[int]]], cfg: TrainConfig, pad_id: int
-                      ) -> list[dict[str, torch.Tensor]]:
+def batches_from_rows(
+    rows: list[tuple[list[int], list[int]]], cfg: TrainConfig, pad_id: int
+) -> list[dict[str, torch.Tensor]]:
     """`cfg.steps` consecutive batches of packed rows (the rows are already in random order)."""
-    return [collate([rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)], pad_id)
-            for step in range(cfg.steps)]
+    return [
+        collate([rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)], pad_id)
+        for step in range(cfg.steps)
+    ]
 
 
 def _schedule(cfg: TrainConfig):
     """Linear warm-up then cosine decay to 10% of the peak learning rate."""
+
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -155,8 +161,7 @@ def train(model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], cfg: T
         (`cpu_seconds` is process CPU time: on a shared machine wall time overstates the cost).
     """
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     model.train()
     losses, tokens, start, cpu_start = [], 0, time.perf_counter(), time.process_time()
@@ -174,5 +179,10 @@ def train(model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], cfg: T
             losses.append([step, round(loss, 4)])
             progress.set_postfix(loss=f"{loss:.3f}")
     model.eval()
-    return {"steps": len(batches), "seconds": round(time.perf_counter() - start, 2),
-            "cpu_seconds": round(time.process_time() - cpu_start, 2), "tokens": tokens, "losses": losses}
+    return {
+        "steps": len(batches),
+        "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "tokens": tokens,
+        "losses": losses,
+    }
