@@ -12,7 +12,7 @@ from moeprune.arch import get_adapter
 from moeprune.errors import MoepruneError
 from moeprune.profiling import STAT_NAMES, forward_batch, load_profile, profile_model, profiling
 from moeprune.stages import profile as profile_stage
-from moeprune.testing import tiny_moe_model
+from moeprune.testing import tiny_moe_model, tiny_vmoe_model
 
 IDS = torch.randint(3, 128, (6, 12), generator=torch.Generator().manual_seed(0))
 
@@ -82,21 +82,7 @@ def test_statistics_match_a_by_hand_computation():
 
 
 def test_vision_moe_is_profiled_from_pixel_values():
-    from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification
-
-    torch.manual_seed(0)
-    config = VMoEConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=8,
-        num_local_experts=4,
-        num_labels=3,
-    )
-    model = VMoEForImageClassification(config).eval()
+    model = tiny_vmoe_model()
     pixels = torch.randn(5, 1, 8, 8)
     expected = _eager_logits(model, {"pixel_values": pixels})
     with profiling(model):

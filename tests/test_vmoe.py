@@ -18,28 +18,8 @@ from moeprune.arch.vmoe import (
     VMoETopKRouter,
     register_vmoe,
 )
-
-
-def tiny_config(**overrides) -> VMoEConfig:
-    values = dict(
-        image_size=8,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=8,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        num_labels=3,
-    )
-    values.update(overrides)
-    return VMoEConfig(**values)
-
-
-def tiny_model(seed: int = 0, **overrides) -> VMoEForImageClassification:
-    torch.manual_seed(seed)
-    return VMoEForImageClassification(tiny_config(**overrides)).eval()
+from moeprune.testing import tiny_vmoe_config as tiny_config
+from moeprune.testing import tiny_vmoe_model as tiny_model
 
 
 def test_module_tree_puts_moe_in_every_other_block():

@@ -63,20 +63,25 @@ def plot_expert_sparsity(group: Group, path: Path, footer: str) -> None:
     for label in (label for label in labels if label != "base"):
         xs = [c for c in columns if (label, c) in cells]
         points = ([(0.0, base)] if base else []) + [(c, cells[(label, c)]) for c in xs]
-        ax.errorbar(
-            [100 * x for x, _ in points],
-            [factor * c.mean for _, c in points],
-            yerr=[factor * c.std for _, c in points],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        _errorbar(ax, points, factor, label=label)
     ax.set_xlabel("expert sparsity (% of routed experts removed per MoE layer)")
     ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
     title(ax, group, "accuracy vs expert sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     finish(fig, path, footer)
+
+
+def _errorbar(ax, points: list, factor: float, **style) -> None:
+    """One line of (sparsity, cell) points in percent, with the spread over seeds as error bars."""
+    ax.errorbar(
+        [100 * x for x, _ in points],
+        [factor * c.mean for _, c in points],
+        yerr=[factor * c.std for _, c in points],
+        marker="o",
+        capsize=3,
+        **style,
+    )
 
 
 def plot_total_sparsity(group: Group, path: Path, footer: str) -> None:
@@ -91,15 +96,7 @@ def plot_total_sparsity(group: Group, path: Path, footer: str) -> None:
         kind = next(row.kind for row in rows if row.label == label)
         xs = [c for c in columns if (label, c) in cells]
         points = ([(0.0, base)] if base else []) + [(sparsity_of(rows, label, c), cells[(label, c)]) for c in xs]
-        ax.errorbar(
-            [100 * x for x, _ in points],
-            [factor * c.mean for _, c in points],
-            yerr=[factor * c.std for _, c in points],
-            marker="o",
-            capsize=3,
-            label=label,
-            linestyle="-" if kind == "combined" else "--",
-        )
+        _errorbar(ax, points, factor, label=label, linestyle="-" if kind == "combined" else "--")
     ax.set_xlabel("total sparsity (% of decoder Linear weights zero or removed, vs the base)")
     ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
     title(ax, group, "expert-then-unstructured (solid) vs unstructured-only (dashed)")

@@ -98,3 +98,31 @@ def tiny_moe_model(
 
 
 FAMILIES_WITH_TINY_MODELS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe")
+
+
+def tiny_vmoe_config(**overrides):
+    """A tiny V-MoE configuration (8x8 single-channel images, 4 blocks, 4 experts, 3 labels)."""
+    from moeprune.arch.vmoe import VMoEConfig
+
+    values = dict(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        num_labels=3,
+    )
+    values.update(overrides)
+    return VMoEConfig(**values)
+
+
+def tiny_vmoe_model(seed: int = 0, **overrides) -> nn.Module:
+    """A randomly initialised tiny V-MoE image classifier (eval mode)."""
+    from moeprune.arch.vmoe import VMoEForImageClassification
+
+    torch.manual_seed(seed)
+    return VMoEForImageClassification(tiny_vmoe_config(**overrides)).eval()
