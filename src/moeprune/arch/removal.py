@@ -76,10 +76,20 @@ def _check_groups(adapter: MoEAdapter, layer: MoELayer, kept: list[int]) -> None
         )
 
 
-def _slice_rows(module: nn.Module, name: str, index: torch.Tensor, old_count: int, dim: int = 0) -> None:
-    tensor = getattr(module, name, None)
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() <= dim or tensor.shape[dim] != old_count:
-        return
+def _per_expert_slots(layer: MoELayer) -> list[tuple[nn.Module, str, int]]:
+    """(module, tensor name, expert dimension) of every stacked expert tensor and router tensor of `layer`."""
+    slots = []
+    for module in (layer.experts, *layer.router.modules()):
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            # Ernie keeps its correction bias as [1, E]; every other router tensor is [E, ...].
+            dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
+            if tensor.dim() > dim and tensor.shape[dim] == layer.num_experts:
+                slots.append((module, name, dim))
+    return slots
+
+
+def _slice_rows(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
+    tensor = getattr(module, name)
     sliced = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
     if isinstance(tensor, nn.Parameter):
         setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
@@ -90,15 +100,8 @@ def _slice_rows(module: nn.Module, name: str, index: torch.Tensor, old_count: in
 def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
     old = layer.num_experts
     index = torch.tensor(kept, dtype=torch.long)
-    for name in [n for n, _ in layer.experts.named_parameters(recurse=False)]:
-        _slice_rows(layer.experts, name, index, old)
-    for name in [n for n, _ in layer.experts.named_buffers(recurse=False)]:
-        _slice_rows(layer.experts, name, index, old)
-    for module in layer.router.modules():
-        for name in [*module._parameters, *module._buffers]:
-            # Ernie keeps its correction bias as [1, E]; every other router tensor is [E, ...].
-            dim = 1 if name == "e_score_correction_bias" and getattr(module, name).dim() == 2 else 0
-            _slice_rows(module, name, index, old, dim)
+    for module, name, dim in _per_expert_slots(layer):  # listed before any slicing changes the count
+        _slice_rows(module, name, index, dim)
     new = len(kept)
     for module in layer.block.modules():
         for attr in _COUNT_ATTRS:
@@ -106,17 +109,6 @@ def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
                 setattr(module, attr, new)
         if isinstance(module, nn.Linear) and module.out_features == old and module is layer.router:
             module.out_features = new
-
-
-def _per_expert_tensors(layer: MoELayer) -> list[tuple[torch.Tensor, int]]:
-    """(tensor, expert dimension) of every stacked expert tensor and router tensor of `layer`."""
-    found = []
-    for module in (layer.experts, *layer.router.modules()):
-        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
-            if tensor.dim() > dim and tensor.shape[dim] == layer.num_experts:
-                found.append((tensor, dim))
-    return found
 
 
 def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> None:
@@ -134,7 +126,8 @@ def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> 
         layer = layers[index]
         _check_merges(layer, groups)
         with torch.no_grad():
-            for tensor, dim in _per_expert_tensors(layer):
+            for module, name, dim in _per_expert_slots(layer):
+                tensor = getattr(module, name)
                 for kept, members in groups.items():
                     rows = tensor.index_select(dim, torch.tensor(members, device=tensor.device))
                     tensor.select(dim, kept).copy_(rows.float().mean(dim=dim).to(tensor.dtype))
