@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from moeprune.arch.adapter import MoEAdapter, get_adapter
-from moeprune.arch.linears import layer_linear_weights
+from moeprune.arch.linears import layer_linear_weights, prunable_weights
 from moeprune.arch.loading import _auto_class, check_model_dir, copy_auxiliary_files, register_own_models, weight_files
 from moeprune.errors import MoepruneError
 from moeprune.key_conversion import KeyConversion
@@ -47,6 +47,7 @@ from moeprune.shards import INDEX_FILE, ShardReader, write_file
 
 BUDGET_ENV = "MOEPRUNE_MEMORY_BUDGET_GB"
 BUDGET_SHARE = 0.5  # of available memory, when MOEPRUNE_MEMORY_BUDGET_GB is not set
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # oneDNN (torch's CPU bf16 matmuls) and torch's ideep layer each cache a compiled primitive per new
 # matmul shape, 1,024 by default; routed experts see a new row count in nearly every layer, so the caches
 # grew the heap by ~4 MB per streamed layer (bench/bench_streaming.py). Both read their capacity when
@@ -133,9 +134,6 @@ def _allocate_large_tensors_with_mmap() -> None:
     """
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
-_M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 def _load_libc():
@@ -320,11 +318,7 @@ class StreamingWriter:
 
 def count_streamed_targets(streamed: StreamingModel, targets: str = "all") -> int:
     """The number of targeted Linear weights of a streamed model, from the skeleton's shapes (nothing is read)."""
-    return sum(
-        weight.numel()
-        for index in range(streamed.num_blocks)
-        for _, weight in layer_linear_weights(streamed.adapter, index, targets)
-    )
+    return sum(weight.numel() for _, weight in prunable_weights(streamed.adapter, targets))
 
 
 def count_streamed_weights(streamed: StreamingModel, targets: str = "all") -> tuple[int, int]:
