@@ -17,13 +17,7 @@ from moeprune.testing import tiny_moe_model, tiny_vmoe_model
 IDS = torch.randint(3, 128, (6, 12), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _eager_logits(model, batch):

@@ -25,13 +25,7 @@ IDS = torch.randint(3, 128, (6, 12), generator=torch.Generator().manual_seed(1))
 DEAD = [5, 6, 7]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _score(model, method, sparsity=0.5, **kwargs):

@@ -22,12 +22,7 @@ from moeprune.testing import tiny_moe_model
 FAMILIES = ("mixtral", "deepseek_v3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
