@@ -12,7 +12,7 @@ than 2x slower per token at E=64 than at E=8.
 
 Two naee costs are measured at E=8. `naee` is moeprune's: every expert's output is computed once per
 token and each keep-set costs one router call and a weighted gather, so its 70 keep-sets cost about as
-much as a few forward passes. `naee-per-keep-set` is the procedure of ALGORITHMS.md and of the NAEE
+much as a few forward passes. `naee-per-keep-set` is the procedure of the NAEE paper and of the NAEE
 authors' code, run here with the same loss: each keep-set recomputes the block output with one block
 forward (router restricted to K, then the routed experts). The 50x target assumes the latter cost model
 ("C(E, keep) block evaluations"); the ratios are reported against both.
@@ -99,7 +99,7 @@ def _run(method: str, model, reference, batches, options: dict | None = None, re
 
 
 def naee_per_keep_set(model, batches) -> dict:
-    """NAEE's enumeration as ALGORITHMS.md states it: one block forward per keep-set; same keep-set as `naee`."""
+    """NAEE's enumeration as the paper states it: one block forward per keep-set; same keep-set as `naee`."""
     from moeprune.layerwise import model_inputs
     from moeprune.scoring.naee import BlockInputRecorder, SlicedRouter, keep_sets
 

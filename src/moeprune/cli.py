@@ -1,4 +1,4 @@
-"""`moeprune`: one subcommand per pipeline stage (DESIGN.md, "The pipeline and its stage contract").
+"""`moeprune`: one subcommand per pipeline stage (docs/design.md, "The stages and their contracts").
 
 Each command parses its flags and calls `moeprune.stages.<stage>.run(...)`; nothing else lives here.
 """

@@ -1,4 +1,4 @@
-"""Where the work runs: `--device auto|cpu|cuda|cuda:N|mps` (DESIGN.md, "GPU where present").
+"""Where the work runs: `--device auto|cpu|cuda|cuda:N|mps` (docs/design.md, "Scale").
 
 `auto` takes the first CUDA GPU, else Apple's MPS, else the CPU. An explicit device that this machine
 lacks is refused with a one-line error rather than silently replaced. Weights keep the checkpoint's dtype

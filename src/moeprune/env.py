@@ -1,4 +1,4 @@
-"""Offline, telemetry-free defaults, applied before any heavy library is imported (STACK.md)."""
+"""Offline, telemetry-free defaults, applied before any heavy library is imported (docs/transformers-notes.md)."""
 
 import os
 from pathlib import Path

@@ -1,10 +1,10 @@
 """Activation profiling: one pass over calibration data records what every routed expert does.
 
 transformers' fused experts hide per-expert outputs from hooks, so profiling registers its own experts
-implementation, `moeprune_profile` (../shared/STACK.md, "Profiling hooks"). It runs the eager
-implementation's per-expert math (tokens sorted by expert once; the gate weighting, the output
-accumulation and the statistics batched over all experts), so it returns the eager output bit for bit,
-and accumulates, per MoE layer:
+implementation, `moeprune_profile` (docs/transformers-notes.md, "Profiling through the experts
+interface"). It runs the eager implementation's per-expert math (tokens sorted by expert once; the gate
+weighting, the output accumulation and the statistics batched over all experts), so it returns the eager
+output bit for bit, and accumulates, per MoE layer:
 
     frequency [E]          tokens for which e is among the top_k
     soft_frequency [E]     sum over tokens of the gate weight g_e(x) (0 where e is not chosen)

@@ -1,4 +1,4 @@
-"""The promotion policy (DESIGN.md "Orchestration"): which registered version carries `champion`.
+"""The promotion policy (docs/design.md, "Promotion policy"): which registered version carries `champion`.
 
 A candidate passes if `metric >= min_retention * base metric`. Passing candidates are ranked by the
 policy's objective (default: highest total_sparsity, then highest metric). `champion` moves only to a

@@ -1,7 +1,7 @@
 """Per-family facts that the generic stacked-expert adapter cannot discover from the modules alone.
 
 Everything else (where MoE blocks live, router and expert tensors, layout flags) is found by walking
-the model; see `arch.adapter`. Facts checked against transformers 5.23 (../shared/STACK.md).
+the model; see `arch.adapter`. Facts checked against transformers 5.23 (docs/transformers-notes.md).
 """
 
 from __future__ import annotations

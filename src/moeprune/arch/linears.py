@@ -1,6 +1,6 @@
 """The Linear weights that unstructured pruning targets and sparsity accounting counts.
 
-ALGORITHMS.md: every Linear weight of the decoder blocks (attention projections, dense MLPs, routed
+docs/algorithms.md: every Linear weight of the decoder blocks (attention projections, dense MLPs, routed
 expert matrices, shared experts), never embeddings, the LM head, norms, routers or shared-expert gates.
 Routed experts appear as one `[out, in]` view per expert and matrix, aliasing the stacked parameter.
 """

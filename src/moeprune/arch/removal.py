@@ -2,7 +2,7 @@
 
 A stale cached count crashes `grouped_mm` or silently misroutes under `eager`, and expert ids with
 gaps are compacted on load, so removal always rewrites contiguous tensors and every count
-(../shared/STACK.md, "Removing experts").
+(docs/transformers-notes.md, "Removing experts so that stock transformers loads the result").
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
 def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> None:
     """Replace expert `kept` by the mean of `members` (weights, biases and router rows), in place.
 
-    STUN's selective reconstruction (ALGORITHMS.md): `merges` maps layer -> {kept: members}, `kept` among
+    STUN's selective reconstruction (docs/algorithms.md): `merges` maps layer -> {kept: members}, `kept` among
     `members`; a member may belong to one merge per layer. Run before `remove_experts`, which then drops
     the other members.
     """

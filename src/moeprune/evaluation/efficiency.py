@@ -1,4 +1,4 @@
-"""Sparsity and size figures of a model directory (ALGORITHMS.md, "Sparsity accounting").
+"""Sparsity and size figures of a model directory (docs/algorithms.md, "Sparsity accounting").
 
 "Targeted weights" are the Linear weights of the decoder blocks that unstructured pruning targets
 (`moeprune.arch.linears`: attention, dense MLPs, routed and shared experts; no routers, embeddings or

@@ -4,7 +4,7 @@ Papers:
 - Wanda, Sun et al. 2023, https://arxiv.org/abs/2306.11695: score_ij = |W_ij| * ||X_j||_2, prune the
   lowest scores within each output row.
 - OWL, Yin et al. 2023, https://arxiv.org/abs/2310.05175: per layer, D_l = fraction of Wanda scores above
-  M * mean score; layers with more outliers are pruned less (ALGORITHMS.md, "Unstructured pruning").
+  M * mean score; layers with more outliers are pruned less (docs/algorithms.md, "owl").
 
 Conventions: a weight is a Linear weight `[out_features, in_features]`; a mask is a bool tensor of the
 same shape with True = keep. Every function is pure except `apply_mask_`, which zeroes in place.

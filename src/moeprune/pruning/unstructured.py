@@ -1,7 +1,7 @@
 """Unstructured pruning: input statistics, the method registry, and the total-sparsity rate.
 
 The math lives in `masks.py` (magnitude, Wanda, N:M, OWL) and `sparsegpt.py`; this module gives the
-layer-by-layer runner one entry point per method (ALGORITHMS.md, "Unstructured pruning"):
+layer-by-layer runner one entry point per method (docs/algorithms.md, "Unstructured pruning"):
 
     stats = InputStats(in_features, need_hessian=method.needs_hessian)
     stats.add(x_routed_to_this_expert)                     # once per calibration batch
@@ -221,7 +221,7 @@ def total_to_unstructured_rate(
 ) -> float:
     """Unstructured rate on what expert pruning left that reaches total sparsity `total_target`.
 
-    Total sparsity counts removed experts as zeros (ALGORITHMS.md): after pruning a fraction r of the
+    Total sparsity counts removed experts as zeros (docs/algorithms.md): after pruning a fraction r of the
     `targeted_params` (default: all `remaining_params`), nonzeros = remaining - r * targeted, and
     1 - nonzeros / original = T gives r = (remaining - (1 - T) * original) / targeted, which is
     1 - (1 - T) * original / remaining when every remaining weight is targeted.

@@ -3,7 +3,7 @@
 A method maps a context to one `LayerScores` per MoE layer: a score per expert (higher = more worth
 keeping) and the sorted keep-set. Methods that rank experts use `select_keep`; methods that choose a
 set directly (NAEE, STUN) return it. Every layer keeps `round(E * (1 - expert_sparsity))` experts, and
-families with group-limited routing (DeepSeek) keep the same number in every group (ALGORITHMS.md).
+families with group-limited routing (DeepSeek) keep the same number in every group (docs/algorithms.md).
 """
 
 from __future__ import annotations

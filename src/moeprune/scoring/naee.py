@@ -13,7 +13,7 @@ Z = routed mixture + a part that does not depend on routing (shared experts), so
 Z - Z_K = R - R_K with R the routed mixture; every expert's output is computed once per token and
 each K costs one router call and a weighted gather.
 
-Progressive variant (`--option progressive=true`, ALGORITHMS.md): layers are decided in order and each
+Progressive variant (`--option progressive=true`, docs/algorithms.md): layers are decided in order and each
 layer's keep-set is applied (its router restricted to K) before the layer produces the next one's inputs,
 so later layers are scored on the hidden states of the already-pruned model. It costs one more block
 forward per layer (recorded as 2 forward passes).

@@ -3,7 +3,7 @@
     moeprune evaluate --model D --task gsm8k-local:data/test.jsonl --limit 200 --out metrics.json
 
 The JSON holds `task`, `model`, the task metrics (`gsm8k.exact_match_strict`, `perplexity`,
-`imagenet.top1`, ...), the sparsity figures of ALGORITHMS.md (`expert_sparsity`, `weight_sparsity`,
+`imagenet.top1`, ...), the sparsity figures of docs/algorithms.md (`expert_sparsity`, `weight_sparsity`,
 `total_sparsity`, `params`, `nonzero_params`, `active_params_per_token`, `size_bytes`,
 `experts_per_layer`, ...) and `seconds` (wall time of the whole stage). `--task` may list several
 tasks separated by commas; their metrics are merged. Tasks and paths are checked before anything

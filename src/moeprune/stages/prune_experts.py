@@ -29,7 +29,7 @@ def read_scores(path: str | Path) -> dict[str, Any]:
         raise MoepruneError(f"scores file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
     missing = [key for key in ("method", "expert_sparsity", "layers") if key not in data]
     if missing or not isinstance(data.get("layers"), dict) or not data["layers"]:
-        raise MoepruneError(f"scores file '{path}' lacks {missing or ['layers']}; see the schema in DESIGN.md")
+        raise MoepruneError(f"scores file '{path}' lacks {missing or ['layers']}; see the schema in docs/design.md")
     for layer, entry in data["layers"].items():
         if not str(layer).lstrip("-").isdigit():
             raise MoepruneError(f"scores file '{path}': layer key '{layer}' is not a layer index")
