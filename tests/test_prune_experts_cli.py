@@ -151,7 +151,7 @@ def test_bad_model_dirs(tmp_path, mixtral_dir):
     pickled.mkdir()
     (pickled / "config.json").write_text((mixtral_dir / "config.json").read_text())
     torch.save({}, pickled / "pytorch_model.bin")
-    _fails([*base, str(pickled)], out, "--allow-pickle")
+    _fails([*base, str(pickled)], out, "holds only pickle weights")
     _fails(
         ["prune-experts", "--model", str(mixtral_dir), "--scores", str(tmp_path / "nope.json"), "--out", str(out)],
         out,

@@ -9,6 +9,7 @@ from moeprune.env import apply_offline_defaults
 
 apply_offline_defaults()  # before transformers, datasets, mlflow, prefect or dvc are imported
 
+import errno  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
 from enum import StrEnum  # noqa: E402
@@ -44,6 +45,25 @@ def _call(stage: str, **kwargs: Any) -> Any:
     except MoepruneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if exc.errno not in _SYSTEM_FAULTS:
+            raise
+        typer.echo(f"error: {_system_fault(exc)}", err=True)
+        raise typer.Exit(1) from None
+
+
+_SYSTEM_FAULTS = {
+    errno.ENOSPC: "the disk is full; free space (or point --out at another disk) and run again",
+    errno.EDQUOT: "the disk quota is exceeded; free space (or point --out at another disk) and run again",
+    errno.EROFS: "the file system is read-only; point --out at a writable place",
+    errno.EACCES: "permission denied; fix the permissions, or use paths you may read and write",
+}
+
+
+def _system_fault(exc: OSError) -> str:
+    """One line for a fault of the machine rather than of the input (nothing is left half-written)."""
+    where = f" at '{exc.filename}'" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}: {_SYSTEM_FAULTS[exc.errno]}"
 
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Hugging Face model directory.")]
@@ -51,9 +71,9 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output path (written 
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps.")
 ]
-PickleOpt = Annotated[
+OverwriteOpt = Annotated[
     bool,
-    typer.Option("--allow-pickle", help="Also load pickle (.bin) weights. Pickle can run code: trusted files only."),
+    typer.Option("--overwrite", help="Replace an existing --out that is not an earlier output of this stage."),
 ]
 
 
@@ -66,10 +86,9 @@ class TestbedKind(StrEnum):
 def inspect(
     model: ModelOpt,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    allow_pickle: PickleOpt = False,
 ) -> None:
     """Show family, MoE layers, experts, top_k, gate, shared experts and parameter counts."""
-    _call("inspect", model=model, as_json=json_output, allow_pickle=allow_pickle)
+    _call("inspect", model=model, as_json=json_output)
 
 
 @app.command()
@@ -92,9 +111,19 @@ def calibrate(
     out: OutOpt,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sample (ignored for images).")] = 128,
     seed: int = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw calibration samples (tokens or images) into a safetensors file with a JSON sidecar."""
-    _call("calibrate", model=model, source=source, samples=samples, seq_len=seq_len, out=out, seed=seed)
+    _call(
+        "calibrate",
+        model=model,
+        source=source,
+        samples=samples,
+        seq_len=seq_len,
+        out=out,
+        seed=seed,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -105,9 +134,19 @@ def profile(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     streaming: Annotated[bool, typer.Option("--streaming", help="One decoder layer in memory at a time.")] = False,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Record routing and activation statistics of every MoE layer on the calibration data."""
-    _call("profile", model=model, calib=calib, out=out, batch_size=batch_size, streaming=streaming, device=device)
+    _call(
+        "profile",
+        model=model,
+        calib=calib,
+        out=out,
+        batch_size=batch_size,
+        streaming=streaming,
+        device=device,
+        overwrite=overwrite,
+    )
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -142,6 +181,7 @@ def score(
     seed: int = 0,
     option: Annotated[list[str] | None, typer.Option("--option", help="Method option KEY=VALUE (repeatable).")] = None,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Score every routed expert and choose the keep-set of each MoE layer."""
     _call(
@@ -156,6 +196,7 @@ def score(
         seed=seed,
         options=_parse_options(option or []),
         device=device,
+        overwrite=overwrite,
     )
 
 
@@ -164,10 +205,13 @@ def prune_experts(
     model: ModelOpt,
     scores: Annotated[Path, typer.Option(help="Scores file from `moeprune score` (or written by hand).")],
     out: OutOpt,
-    allow_pickle: PickleOpt = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply scores computed on other weights (model_sha256 differs).")
+    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Remove the experts a scores file does not keep; the result loads with stock transformers."""
-    result = _call("prune_experts", model=model, scores=scores, out=out, allow_pickle=allow_pickle)
+    result = _call("prune_experts", model=model, scores=scores, out=out, force=force, overwrite=overwrite)
     typer.echo(f"{out}: {result['experts_before']} -> {result['experts_after']} experts per MoE layer")
 
 
@@ -188,6 +232,7 @@ def prune_unstructured(
     streaming: Annotated[bool, typer.Option("--streaming")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Zero individual weights layer by layer (expert-aware Wanda / SparseGPT, OWL, N:M)."""
     _call(
@@ -205,6 +250,7 @@ def prune_unstructured(
         streaming=streaming,
         batch_size=batch_size,
         device=device,
+        overwrite=overwrite,
     )
 
 
@@ -218,9 +264,19 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
-    _call("evaluate", model=model, task=task, out=out, limit=limit, batch_size=batch_size, device=device)
+    _call(
+        "evaluate",
+        model=model,
+        task=task,
+        out=out,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -265,9 +321,10 @@ def report(
     params: Annotated[Path | None, typer.Option(help="params.yaml (registry settings).")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
     study: Annotated[Path | None, typer.Option(help="Study results file (runs/study/study.json).")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the results report (tables and plots) from the registry or a study results file."""
-    _call("report", out=out, params=params, tracking_uri=tracking_uri, study=study)
+    _call("report", out=out, params=params, tracking_uri=tracking_uri, study=study, overwrite=overwrite)
 
 
 def main() -> None:

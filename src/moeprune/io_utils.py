@@ -1,4 +1,13 @@
-"""Atomic outputs: write to a temporary sibling, rename on success, leave nothing half-written."""
+"""Atomic outputs: write to a temporary sibling, rename on success, leave nothing half-written.
+
+Temporaries sit beside the output and carry the writer's pid: `.OUT.tmp-PID-xxxx` (the new output,
+or the scratch space of `scratch_dir`) and `.OUT.old-PID` (the previous output while it is being
+replaced). A replace renames `out -> .old`, then `.tmp -> out`, then deletes `.old`, so the previous
+output is kept until the new one is in place. `clean_leftovers(out)` (run when a stage claims its
+output, see `moeprune.outputs`) undoes whatever a killed writer left: with no `out`, the newest `.old`
+becomes `out` again; every other temporary of a dead writer is removed. Outputs get the user's umask
+permissions (`mkstemp` / `mkdtemp` make them private).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +15,122 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+def _tmp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-{os.getpid()}-"
+
+
+def _old_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old-{os.getpid()}")
+
+
+def _writer_gone(pid: int) -> bool:
+    """True when process `pid` no longer runs (or is this one: its earlier writes are over)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def leftovers(out: str | os.PathLike) -> list[Path]:
+    """Temporaries of `out` that writers which no longer run left beside it."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    found = []
+    for path in out.parent.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if match and match["name"] == out.name and _writer_gone(int(match["pid"])):
+            found.append(path)
+    return sorted(found)
+
+
+def clean_leftovers(out: str | os.PathLike) -> None:
+    """Undo an interrupted write of `out`: restore the previous output if `out` is gone, drop the rest."""
+    out = Path(out)
+    stale = leftovers(out)
+    olds = [path for path in stale if _LEFTOVER.match(path.name)["kind"] == "old"]
+    if olds and not out.exists() and not out.is_symlink():
+        newest = max(olds, key=lambda path: path.stat().st_mtime)
+        newest.rename(out)
+        stale.remove(newest)
+    for path in stale:
+        _remove(path)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give `path` (and everything under it) the permissions a plain `open` / `mkdir` would have."""
+    mask = current_umask()
+    path = Path(path)
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        if not entry.is_symlink():
+            entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished `tmp` at `out`; an existing `out` stays (as `.old`) until `tmp` is in place."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = _old_path(out)
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except Exception:
+        with contextlib.suppress(OSError):
+            old.rename(out)  # put the previous output back at once; clean_leftovers would later
+        raise
+    _remove(old)
+
 
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside `out`; it replaces `out` only if the block succeeds."""
+    """Yield a temporary directory beside `out`; it replaces `out` only if the block succeeds.
+
+    An existing `out` must be a directory (a file is never replaced by one); with `overwrite=False`
+    it is not replaced at all (FileExistsError).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; outputs are shared (DVC cache, other users)
+    if out.exists() and (not out.is_dir() or not overwrite):
+        raise FileExistsError(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
     try:
         yield tmp
+        apply_umask(tmp)
+        _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(out)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 @contextlib.contextmanager
@@ -42,16 +138,37 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `out`; it is renamed onto `out` only if the block succeeds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent, suffix=out.suffix)
+    if out.is_dir():
+        raise IsADirectoryError(out)
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(out), dir=out.parent, suffix=out.suffix)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        apply_umask(tmp)
+        os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.chmod(0o644)  # mkstemp makes it private
-    os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def scratch_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside `out` that is also Python's `tempfile` directory inside the block.
+
+    What libraries write to "the temp dir" while `out` is made (lm-eval task folders, ...) lands in
+    `.OUT.tmp-PID-*`: removed at the end, and by `clean_leftovers(out)` after a kill.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        yield tmp
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -42,14 +42,36 @@ _ALIGN = 8
 
 def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     """(the tensor entries of a safetensors file, the byte offset where its data starts)."""
+    size = Path(path).stat().st_size
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
             raise MoepruneError(f"'{path}' is not a safetensors file (too short); re-save the checkpoint")
         (length,) = struct.unpack("<Q", raw)
-        header = json.loads(handle.read(length))
+        if 8 + length > size:
+            raise MoepruneError(f"'{path}' is truncated or not a safetensors file (header past its end); re-save it")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise MoepruneError(f"'{path}' has a corrupt safetensors header; re-save or re-download it") from None
+    if not isinstance(header, dict):
+        raise MoepruneError(f"'{path}' has a corrupt safetensors header; re-save or re-download it")
     header.pop("__metadata__", None)
     return header, 8 + length
+
+
+def check_safetensors(path: str | Path) -> None:
+    """A readable header whose tensors all end inside the file (catches truncated copies and downloads)."""
+    header, start = read_header(path)
+    try:
+        end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise MoepruneError(f"'{path}' has a corrupt safetensors header; re-save or re-download it") from None
+    size = Path(path).stat().st_size
+    if start + end > size:
+        raise MoepruneError(
+            f"'{path}' is truncated ({size} bytes, its header needs {start + end}); re-save or re-download it"
+        )
 
 
 def _readinto(handle, buffer: memoryview) -> None:

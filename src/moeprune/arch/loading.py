@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
+from moeprune.shards import check_safetensors
 
 # Files a model directory holds besides weights that the next stage must keep (tokenizer, processor).
 _NOT_COPIED = {"config.json", "generation_config.json", "moeprune.json", "README.md", "model.safetensors.index.json"}
@@ -20,12 +22,15 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     return sorted(Path(model_dir).glob("*.safetensors"))
 
 
-def check_model_dir(model_dir: str | Path, allow_pickle: bool = False) -> Path:
+def check_model_dir(model_dir: str | Path) -> Path:
     """Validate that `model_dir` is a Hugging Face model directory moeprune may load.
 
+    moeprune reads safetensors only: pickle weights (.bin, .pt) can run code when loaded, so a
+    pickle-only checkpoint is refused with the one-line conversion that fixes it.
+
     Raises:
-        MoepruneError: missing or empty directory, no config.json, no weights, or pickle-only weights
-            without `allow_pickle`.
+        MoepruneError: missing or empty directory; no config.json, or one that is not JSON or names a
+            model type transformers does not implement; no weights, pickle-only or truncated weights.
     """
     path = Path(model_dir)
     if not path.exists():
@@ -34,16 +39,38 @@ def check_model_dir(model_dir: str | Path, allow_pickle: bool = False) -> Path:
         raise MoepruneError(f"model directory '{path}' is empty; pass a directory with config.json and *.safetensors")
     if not (path / "config.json").is_file():
         raise MoepruneError(f"'{path}' has no config.json; pass a Hugging Face model directory")
-    if weight_files(path):
-        return path
-    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-        if allow_pickle:
-            return path
+    _check_config(path / "config.json")
+    files = weight_files(path)
+    if not files and (list(path.glob("*.bin")) or list(path.glob("*.pt"))):
         raise MoepruneError(
-            f"'{path}' holds only pickle weights (.bin), which can run code when loaded; convert them to "
-            "safetensors, or pass --allow-pickle if you trust the source"
+            f"'{path}' holds only pickle weights (.bin), which can run code when loaded; convert them once with "
+            f"`AutoModelForCausalLM.from_pretrained('{path}').save_pretrained(NEW_DIR)` (safetensors) and pass NEW_DIR"
         )
-    raise MoepruneError(f"'{path}' has no weight files (*.safetensors); pass a complete model directory")
+    if not files:
+        raise MoepruneError(f"'{path}' has no weight files (*.safetensors); pass a complete model directory")
+    for file in files:
+        check_safetensors(file)
+    return path
+
+
+def _check_config(config_path: Path) -> None:
+    """config.json is a JSON object whose model_type transformers (or moeprune) implements."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MoepruneError(f"'{config_path}' is not valid JSON ({exc}); restore it or re-save the model") from None
+    if not isinstance(config, dict):
+        raise MoepruneError(f"'{config_path}' is not a JSON object; restore it or re-save the model")
+    register_own_models()
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        remote = " (its auto_map points at remote code, which moeprune never runs)" if "auto_map" in config else ""
+        raise MoepruneError(
+            f"'{config_path}': model_type {model_type!r} is not a model transformers implements{remote}; "
+            "use a checkpoint of a supported family (`moeprune --help`, README 'Covered families')"
+        )
 
 
 def _auto_class(config):
@@ -66,10 +93,8 @@ def register_own_models() -> None:
             raise
 
 
-def load_model(
-    model_dir: str | Path, allow_pickle: bool = False, dtype: str = "auto", device: str | None = None
-) -> nn.Module:
-    """Load a causal LM or image classifier from a directory, safetensors only unless `allow_pickle`.
+def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = None) -> nn.Module:
+    """Load a causal LM or image classifier from a directory (safetensors only, see `check_model_dir`).
 
     `trust_remote_code` stays off: moeprune covers families that transformers implements. `device`
     (see `moeprune.devices.resolve_device`) moves the model there; None leaves it on the CPU.
@@ -78,12 +103,9 @@ def load_model(
 
     register_own_models()
 
-    path = check_model_dir(model_dir, allow_pickle)
+    path = check_model_dir(model_dir)
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    auto = _auto_class(config)
-    model = auto.from_pretrained(
-        path, dtype=dtype, use_safetensors=not allow_pickle or bool(weight_files(path)), trust_remote_code=False
-    )
+    model = _auto_class(config).from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if device is not None:
         from moeprune.devices import resolve_device
 

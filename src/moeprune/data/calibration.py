@@ -32,6 +32,7 @@ from moeprune.io_utils import atomic_file, sha256_file
 CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
 JSONL_SUFFIXES = (".jsonl", ".json")
 IMAGE_BATCH = 64
+CALIBRATION_FORMAT = "moeprune-calibration"
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -211,7 +212,10 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def write_calibration(out: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
-    """Write `out` (safetensors) and its sidecar atomically; the sidecar gains `sha256` of `out`.
+    """Write `out` (safetensors) and its sidecar, each atomically; the sidecar gains `sha256` of `out`.
+
+    The two are one unit: the sidecar is replaced first, then the data, and `load_calibration` refuses
+    a pair whose hashes differ (an interrupted write), so a reader never mixes two runs.
 
     Returns:
         The sidecar record as written.
@@ -219,20 +223,43 @@ def write_calibration(out: str | Path, tensors: dict[str, torch.Tensor], info: d
     from safetensors.torch import save_file
 
     out = Path(out)
-    with atomic_file(out) as tmp, atomic_file(sidecar_path(out)) as tmp_json:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    with atomic_file(out) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": CALIBRATION_FORMAT})
         record = {**info, "file": out.name, "sha256": sha256_file(tmp)}
-        tmp_json.write_text(json.dumps(record, indent=2) + "\n")
+        with atomic_file(sidecar_path(out)) as tmp_json:
+            tmp_json.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
+def check_calibration_pair(path: Path) -> None:
+    """A calibration file and its sidecar (when there is one) hold the same run: the sidecar's sha256."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return  # a hand-made file without a sidecar
+    try:
+        recorded = json.loads(sidecar.read_text()).get("sha256")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise MoepruneError(
+            f"calibration sidecar {sidecar} is not a JSON object; remake {path} with `moeprune calibrate`"
+        ) from None
+    if recorded is not None and recorded != sha256_file(path):
+        raise MoepruneError(
+            f"calibration file {path} does not match its sidecar {sidecar.name} (sha256 differs: an interrupted or "
+            "edited write); remake it with `moeprune calibrate`"
+        )
+
+
 def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a calibration file (`input_ids`, or `pixel_values` and `labels`)."""
+    """The tensors of a calibration file (`input_ids`, or `pixel_values` and `labels`), checked against its sidecar."""
     from safetensors.torch import load_file
+
+    from moeprune.shards import check_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise MoepruneError(f"calibration file {path} does not exist; make it with `moeprune calibrate`")
+    check_safetensors(path)
+    check_calibration_pair(path)
     return load_file(str(path))
 
 

@@ -29,6 +29,7 @@ from moeprune.data.calibration import (
     parse_source,
     preprocess_images,
     sample_windows,
+    sidecar_path,
     text_documents,
     tokenize_documents,
     tree_sha256,
@@ -36,6 +37,7 @@ from moeprune.data.calibration import (
 )
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import sha256_file
+from moeprune.outputs import claim_output
 
 
 def model_config(model_dir: str | Path):
@@ -153,7 +155,9 @@ def build_calibration(
     return build_tokens(Path(model_dir), prefix, argument, samples, seq_len, seed, info), info
 
 
-def run(model: Path, source: str, samples: int, seq_len: int, out: Path, seed: int = 0) -> dict[str, Any]:
+def run(
+    model: Path, source: str, samples: int, seq_len: int, out: Path, seed: int = 0, overwrite: bool = False
+) -> dict[str, Any]:
     """Build calibration data for `model` from `source` and write it to `out` (+ `out.json`).
 
     Args:
@@ -163,6 +167,7 @@ def run(model: Path, source: str, samples: int, seq_len: int, out: Path, seed: i
         seq_len: Tokens per window (ignored for image models).
         out: The safetensors file to write.
         seed: Seed of the window offsets or the image choice.
+        overwrite: Replace an existing `out` that is not an earlier calibration file.
 
     Returns:
         The sidecar record (as written to `out.json`) plus `seconds`.
@@ -171,6 +176,11 @@ def run(model: Path, source: str, samples: int, seq_len: int, out: Path, seed: i
         MoepruneError: bad source, missing / empty / malformed data, bad counts, seq_len beyond the context.
     """
     started = time.perf_counter()
+    prefix, argument = parse_source(source)
+    source_path = argument if prefix != "hf:" else None
+    out = claim_output(
+        out, "calibrate", inputs=[model, source_path], overwrite=overwrite, companions=[sidecar_path(out)]
+    )
     tensors, info = build_calibration(check_model_dir(model), source, samples, seq_len, seed)
     record = write_calibration(out, tensors, info)
     return {**record, "seconds": round(time.perf_counter() - started, 3)}

@@ -21,11 +21,18 @@ from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.efficiency import sparsity_figures
 from moeprune.evaluation.tasks import parse_tasks, run_tasks
-from moeprune.io_utils import write_json
+from moeprune.io_utils import scratch_dir, write_json
+from moeprune.outputs import claim_output
 
 
 def run(
-    model: Path, task: str, out: Path, limit: int | None = None, batch_size: int = 8, device: str = "auto"
+    model: Path,
+    task: str,
+    out: Path,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` on `task` and write the flat metrics JSON to `out`.
 
@@ -45,14 +52,16 @@ def run(
         MoepruneError: missing model, unknown task, missing task data, or a bad limit / batch size.
     """
     started = time.perf_counter()
+    tasks = parse_tasks(task)  # fail fast, before any model is loaded
+    out = claim_output(out, "evaluate", inputs=[model, *(path for _, path in tasks)], overwrite=overwrite)
     check_model_dir(model)
-    parse_tasks(task)  # fail fast, before any model is loaded
     if limit is not None and limit <= 0:
         raise MoepruneError(f"--limit must be a positive number of examples (or omitted: all), got {limit}")
     if batch_size <= 0:
         raise MoepruneError(f"--batch-size must be positive, got {batch_size}")
     resolve_device(device)  # fail fast on a device this machine lacks
-    metrics = run_tasks(Path(model), task, limit, batch_size, device)
+    with scratch_dir(out):  # lm-eval's task folders and other temporaries live beside out, and go
+        metrics = run_tasks(Path(model), task, limit, batch_size, device)
     result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model)}
     result["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out, result)

@@ -9,9 +9,9 @@ from moeprune.arch import get_adapter, load_model
 from moeprune.lineage import read_lineage
 
 
-def describe(model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
+def describe(model_dir: Path) -> dict[str, Any]:
     """A JSON-able description of the MoE structure and parameter counts of a model directory."""
-    model = load_model(model_dir, allow_pickle=allow_pickle)
+    model = load_model(model_dir)
     adapter = get_adapter(model)
     first = adapter.layers[0]
     params_total = sum(p.numel() for p in model.parameters())
@@ -80,8 +80,8 @@ def _ranges(indices: list[int]) -> str:
     return ", ".join(parts)
 
 
-def run(model: Path, as_json: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
-    info = describe(model, allow_pickle=allow_pickle)
+def run(model: Path, as_json: bool = False) -> dict[str, Any]:
+    info = describe(model)
     if as_json:
         import json
 

@@ -18,12 +18,19 @@ from moeprune.arch import load_model, weights_sha256
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.io_utils import atomic_dir, sha256_file
+from moeprune.outputs import claim_output
 from moeprune.profiling import profile_model, save_profile
 from moeprune.streaming import StreamingModel, use_streaming
 
 
 def run(
-    model: Path, calib: Path, out: Path, streaming: bool = False, batch_size: int = 8, device: str = "auto"
+    model: Path,
+    calib: Path,
+    out: Path,
+    streaming: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Profile `model` on the calibration file `calib`; write the profile directory `out`.
 
@@ -35,6 +42,7 @@ def run(
         The summary written to `out/profile.json`.
     """
     start = time.perf_counter()
+    out = claim_output(out, "profile", inputs=[model, calib], overwrite=overwrite)
     batches = calibration_batches(calib, batch_size)
     streamed = use_streaming(model, streaming)
     torch_device = resolve_device(device)
@@ -42,6 +50,7 @@ def run(
     profile = profile_model(net, batches)
     profile.summary.update(
         {
+            "stage": "profile",
             "model": str(model),
             "model_sha256": weights_sha256(model),
             "calibration": str(calib),

@@ -15,6 +15,7 @@ from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
 from moeprune.layerwise import InMemoryBlocks
 from moeprune.lineage import base_stats, build_lineage, read_lineage, write_lineage, write_model_card
+from moeprune.outputs import claim_output
 from moeprune.pruning.masks import check_nm, check_sparsity
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
@@ -99,6 +100,7 @@ def run(
     streaming: bool = False,
     batch_size: int = 8,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
 
@@ -107,6 +109,7 @@ def run(
     written to `out` as soon as it is done; the result is the same as in memory.
     """
     start = time.perf_counter()
+    out = claim_output(out, "prune-unstructured", inputs=[model, calib], overwrite=overwrite)
     if method == "none":
         return _copy(model, out, start)
     spec = get_unstructured_method(method)

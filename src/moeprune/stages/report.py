@@ -19,6 +19,7 @@ from typing import Any
 
 from moeprune.config import load_params
 from moeprune.io_utils import atomic_dir
+from moeprune.outputs import claim_output
 from moeprune.report import (
     Group,
     aggregate,
@@ -103,7 +104,11 @@ def resolve_uri(params: Path | None, tracking_uri: str | None) -> str | None:
 
 
 def run(
-    out: Path, params: Path | None = None, tracking_uri: str | None = None, study: Path | None = None
+    out: Path,
+    params: Path | None = None,
+    tracking_uri: str | None = None,
+    study: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the report into `out` (atomically) and return a summary.
 
@@ -119,7 +124,7 @@ def run(
     Raises:
         MoepruneError: nothing registered, a study point without a version, or a missing study file.
     """
-    out = Path(out)
+    out = claim_output(out, "report", inputs=[params, study], overwrite=overwrite)
     uri = resolve_uri(params, tracking_uri)
     record = read_study(Path(study)) if study is not None else None
     groups = load_study_results(record, uri) if record else load_registry_results(uri)

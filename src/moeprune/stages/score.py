@@ -24,10 +24,12 @@ from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import sha256_file, write_json
+from moeprune.outputs import claim_output
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
 from moeprune.scoring import SCORERS, Scorer, ScoringContext
 from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
+from moeprune.shards import check_safetensors
 
 CALIB_BATCH_SIZE = 8
 STREAMING_METHODS = ("naee",)  # methods that can read the model one decoder layer at a time
@@ -64,6 +66,8 @@ def _check_inputs(scorer: Scorer, supplied: dict[str, Path | None]) -> None:
 
 
 def _load_checked_profile(profile: Path, model_sha: str) -> Profile:
+    if (Path(profile) / PROFILE_FILE).is_file():
+        check_safetensors(Path(profile) / PROFILE_FILE)
     loaded = load_profile(profile)
     recorded = loaded.summary.get("model_sha256")
     if recorded and recorded != model_sha:
@@ -126,6 +130,7 @@ def run(
     seed: int = 0,
     options: dict | None = None,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score the experts of `model` with `method` and write the scores file `out` (atomically).
 
@@ -133,6 +138,7 @@ def run(
         The scores record written to `out`.
     """
     start = time.perf_counter()
+    out = claim_output(out, "score", inputs=[model, profile, reference, calib], overwrite=overwrite)
     check_sparsity(expert_sparsity)
     scorer = SCORERS.get(method)
     _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
