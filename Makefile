@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup test demo study study-quick bench lint clean
+.PHONY: setup test stress demo study study-quick bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests flows tasks bench
 	$(PY) -m ruff format --check src tests flows tasks bench
 	$(PY) -m pytest -q
+
+# 10 rounds of 8 concurrent `moeprune register` processes on a new sqlite store (the suite runs 1).
+stress: $(STAMP)
+	MOEPRUNE_STRESS_ROUNDS=10 $(PY) -m pytest -q -s tests/test_registry_concurrency.py
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)

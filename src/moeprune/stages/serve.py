@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moeprune.config import load_params
-from moeprune.registry_tags import repo_root
+from moeprune.registry.tags import repo_root
 from moeprune.stages.sweep import import_flows
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from moeprune.config import load_params
 from moeprune.errors import MoepruneError
-from moeprune.registry_tags import repo_root
+from moeprune.registry.tags import repo_root
 
 CHECKOUT = Path(__file__).resolve().parents[3]  # the moeprune repository: src/moeprune/stages/sweep.py
 
