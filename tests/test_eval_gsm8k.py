@@ -13,7 +13,8 @@ import pytest
 from moeprune.data.tokenizer import build_tokenizer
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.gsm8k import evaluate_gsm8k, local_task_config, routing_report
-from moeprune.testbed.lm import ModelSize, model_config
+from moeprune.testbed.lm import model_config
+from moeprune.testbed.presets import ModelSize
 from moeprune.testbed.train import (
     TrainConfig,
     batches_from_rows,

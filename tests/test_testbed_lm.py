@@ -1,4 +1,5 @@
-"""The LM testbed build: files, stock reload, shared architecture, determinism, every family."""
+"""The LM testbed build: files, stock reload, shared architecture, determinism, every family, the
+mixture's kinds and the routing diagnostics."""
 
 import json
 from dataclasses import replace
@@ -11,18 +12,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moeprune.data.gsm8k_gen import read_jsonl
 from moeprune.errors import MoepruneError
-from moeprune.testbed.lm import FAMILIES, ModelSize, Plan, build_lm_testbed
+from moeprune.testbed.corpus import KIND_NAMES
+from moeprune.testbed.lm import FAMILIES, build_from_plan, build_lm_testbed
+from moeprune.testbed.presets import PRESETS, ModelSize, Plan
 from moeprune.testbed.train import TrainConfig
 
 MICRO_PLAN = Plan(
+    family="mixtral",
     size=ModelSize(hidden=32, layers=1, heads=2, kv_heads=2, intermediate=32, experts=4, top_k=2),
     n_train=30,
     n_test=5,
-    n_pretrain_docs=200,
+    docs_per_kind=40,
     n_pretrain_sample=20,
     pretrain_seq_len=64,
+    rows_per_kind=1,
     pretrain=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="pretrain"),
-    finetune=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="fine-tune"),
+    adapt=TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, desc="adapt"),
+    heldout_rows=2,
 )
 
 
@@ -39,8 +45,8 @@ def test_quick_build_writes_everything(quick_testbed):
     assert json.loads((out / "testbed.json").read_text()) == record
     assert len(read_jsonl(out / "data/train.jsonl")) == record["data"]["n_train"]
     assert (out / "data/pretrain.txt").read_text().strip()
-    assert record["train_seconds"] < 120 and record["finetune"]["steps"] > 0
-    first, last = record["finetune"]["losses"][0][1], record["finetune"]["losses"][-1][1]
+    assert record["train_seconds"] < 120 and record["adapt"]["steps"] > 0
+    first, last = record["adapt"]["losses"][0][1], record["adapt"]["losses"][-1][1]
     assert last < first
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
@@ -72,8 +78,8 @@ def test_lm_eval_adds_bos_like_training(quick_testbed):
 def test_same_seed_same_weights(quick_testbed, tmp_path: Path):
     out, record = quick_testbed
     again = build_lm_testbed(tmp_path / "again", quick=True, seed=0)
-    seeded = [build_lm_testbed(tmp_path / f"micro{seed}", seed=seed, plan=MICRO_PLAN) for seed in (1, 2)]
-    assert again["finetune"]["losses"] == record["finetune"]["losses"]
+    seeded = [build_from_plan(tmp_path / f"micro{seed}", MICRO_PLAN, seed=seed) for seed in (1, 2)]
+    assert again["adapt"]["losses"] == record["adapt"]["losses"]
     for name in ("pretrained", "finetuned"):
         a, b = (load_file(root / name / "model.safetensors") for root in (out, tmp_path / "again"))
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
@@ -82,9 +88,9 @@ def test_same_seed_same_weights(quick_testbed, tmp_path: Path):
     assert seeded[0]["pretrain"]["losses"] != seeded[1]["pretrain"]["losses"]
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mixtral"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "qwen3_moe"])
 def test_other_families_build_and_reload(tmp_path: Path, family: str):
-    record = build_lm_testbed(tmp_path / family, family=family, plan=MICRO_PLAN)
+    record = build_from_plan(tmp_path / family, replace(MICRO_PLAN, family=family))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / family / "finetuned")
     assert model.config.model_type == record["model_type"] == family
     gate = model.model.layers[0].mlp.gate
@@ -93,5 +99,47 @@ def test_other_families_build_and_reload(tmp_path: Path, family: str):
 
 def test_unknown_family_raises(tmp_path: Path):
     with pytest.raises(MoepruneError, match="mixtral"):
-        build_lm_testbed(tmp_path / "x", family="gpt2", plan=replace(MICRO_PLAN))
+        build_lm_testbed(tmp_path / "x", family="gpt2", quick=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_unknown_preset_raises(tmp_path: Path):
+    with pytest.raises(MoepruneError, match="mixtral-8x"):
+        build_lm_testbed(tmp_path / "x", preset="huge")
+    assert not (tmp_path / "x").exists()
+
+
+def test_presets_fine_grained_default_and_coarse_mixtral():
+    default, coarse = PRESETS["default"], PRESETS["mixtral-8x"]
+    assert default.family == "qwen3_moe" and default.size.experts >= 32 and default.size.top_k >= 4
+    assert coarse.family == "mixtral" and (coarse.size.experts, coarse.size.top_k) == (8, 2)
+    active = [p.size.top_k * p.size.intermediate for p in (default, coarse)]
+    assert active[0] == active[1]  # the same active expert width per token
+
+
+def test_mixture_has_every_kind_in_every_batch_and_heldout_files(quick_testbed):
+    out, record = quick_testbed
+    kinds = record["data"]["kinds"]
+    assert kinds == list(KIND_NAMES) and len(kinds) >= 6 and "word_problems" in kinds
+    assert all(record["data"]["pretrain_rows"][kind] > 0 for kind in kinds)
+    assert record["pretrain"]["batch_size"] == record["data"]["rows_per_kind_per_batch"] * len(kinds)
+    texts = {kind: (out / "data/kinds" / f"{kind}.txt").read_text() for kind in kinds}
+    assert texts["word_problems"].startswith("Question: ") and "def " in texts["code"]
+    assert "Vellish:" in texts["translation"] and "days" in texts["calendar"]
+    train_questions = {r["question"] for r in read_jsonl(out / "data/train.jsonl")}
+    assert not any(q in texts["word_problems"] for q in train_questions)  # held out
+
+
+def test_diagnostics_recorded_and_drawn(quick_testbed):
+    out, record = quick_testbed
+    kinds = record["data"]["kinds"]
+    assert set(record["unigram_perplexity"]) == set(kinds)
+    for name in ("pretrained", "finetuned"):
+        diag = record["diagnostics"][name]
+        assert set(diag["perplexity"]) == set(kinds) and all(v > 1 for v in diag["perplexity"].values())
+        routing = diag["routing"]
+        assert routing["kinds"] == kinds and len(routing["layers"]) == record["size"]["layers"]
+        for layer in routing["layers"].values():
+            assert 0.0 <= layer["nmi"] <= 1.0
+            assert all(abs(sum(share) - 1) < 1e-3 for share in layer["load"].values())
+        assert (out / f"routing_{name}.png").stat().st_size > 1000

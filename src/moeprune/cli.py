@@ -95,12 +95,17 @@ def inspect(
 def testbed(
     kind: Annotated[TestbedKind, typer.Argument(help="lm (GSM8K-style word problems) or vision (digits V-MoE).")],
     out: OutOpt,
-    family: Annotated[str, typer.Option(help="LM family: mixtral, qwen3_moe, olmoe, deepseek_v3.")] = "mixtral",
+    family: Annotated[
+        str | None, typer.Option(help="LM family: qwen3_moe, mixtral, olmoe, deepseek_v3 (default: the preset's).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="LM build plan: default (64 experts, top-8), mixtral-8x (8, top-2), quick.")
+    ] = None,
     seed: int = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny models trained for seconds (tests).")] = False,
 ) -> None:
     """Build the embedded testbed: a pretrained and a fine-tuned MoE model plus their data."""
-    _call("testbed", kind=kind.value, out=out, family=family, seed=seed, quick=quick)
+    _call("testbed", kind=kind.value, out=out, family=family, preset=preset, seed=seed, quick=quick)
 
 
 @app.command()
@@ -288,6 +293,14 @@ def register(
 ) -> None:
     """Register a model directory as an MLflow model version with its metrics and lineage."""
     _call("register", model=model, metrics=metrics, params=params, tracking_uri=tracking_uri)
+
+
+@app.command("check-params")
+def check_params(
+    params: Annotated[Path, typer.Option(help="The params file to validate.")] = Path("params.yaml"),
+) -> None:
+    """Validate params.yaml (every DVC stage runs this first): silent if valid, else one error line."""
+    _call("check_params", params=params)
 
 
 @app.command()

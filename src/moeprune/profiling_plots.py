@@ -55,6 +55,28 @@ def plot_coactivation(layers: dict[int, dict[str, Tensor]], path: Path) -> None:
     _save_figure(fig, path)
 
 
+def plot_kind_load(routing: dict, path: Path, title: str = "kind x expert load") -> None:
+    """One panel per MoE layer: each kind's share of routed (token, expert) pairs per expert, and the NMI.
+
+    `routing` is the testbed's routing record: `{"kinds": [...], "layers": {i: {"nmi", "load": {kind: [...]}}}}`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds, layers = routing["kinds"], routing["layers"]
+    fig, axes = plt.subplots(len(layers), 1, figsize=(10, 0.32 * len(kinds) * len(layers) + 1.2), squeeze=False)
+    for ax, (index, layer) in zip(axes.flat, layers.items(), strict=True):
+        image = ax.imshow([layer["load"][kind] for kind in kinds], aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+        ax.set_title(f"layer {index}: NMI(kind, expert) = {layer['nmi']:.3f}", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.02)
+    axes.flat[-1].set_xlabel("expert")
+    fig.suptitle(title)
+    _save_figure(fig, path)
+
+
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 

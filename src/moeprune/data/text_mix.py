@@ -1,10 +1,11 @@
-"""A broad mixture of generated text tasks, the pretraining corpus of the embedded LM testbed.
+"""The generated text kinds of the embedded LM testbed's pretraining mixture (word problems aside).
 
-Counting up and down, copying and reversing word lists, arithmetic facts, comparisons, sorting,
-successor facts, and short descriptive sentences about people and objects. None of them is a word
-problem in GSM8K's question/answer format, so the pretrained model is a real model of a different
-task, and fine-tuning on the word problems moves its routers (what router-change pruning measures).
-Documents are separated by a blank line; everything is determined by the seed.
+`facts`: counting up and down, copying and reversing word lists, arithmetic facts, comparisons,
+sorting, successor facts, and short descriptive sentences about people and objects (the first
+testbed's whole corpus). The other kinds (`data.kinds`) bring their own vocabulary: stories, code-like
+text, calendars, letter ciphers, translation pairs and word sorting. None of them is a word problem in
+GSM8K's question/answer format. Documents are separated by a blank line; everything is determined by
+the seed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from moeprune.data import kinds
 from moeprune.data.gsm8k_gen import HE_NAMES, OBJECTS, SHE_NAMES
 from moeprune.io_utils import atomic_file
 
@@ -98,7 +100,7 @@ def description(rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-TASKS: tuple[Callable[[random.Random], str], ...] = (
+FACT_TASKS: tuple[Callable[[random.Random], str], ...] = (
     counting,
     copying,
     arithmetic_fact,
@@ -111,10 +113,33 @@ TASKS: tuple[Callable[[random.Random], str], ...] = (
 )
 
 
+def facts(rng: random.Random) -> str:
+    """One document of the `facts` kind (one of its tasks, drawn at random)."""
+    return rng.choice(FACT_TASKS)(rng)
+
+
+TEXT_KINDS: dict[str, Callable[[random.Random], str]] = {
+    "facts": facts,
+    "stories": kinds.story,
+    "code": kinds.code,
+    "calendar": kinds.calendar,
+    "cipher": kinds.cipher,
+    "translation": kinds.translation,
+    "word_sort": kinds.word_sort,
+}
+
+
+def generate_kind(kind: str, n: int, seed: int) -> list[str]:
+    """`n` documents of one kind of `TEXT_KINDS`, determined by `seed`."""
+    rng = random.Random(f"{kind}-{seed}")
+    return [TEXT_KINDS[kind](rng) for _ in range(n)]
+
+
 def generate_documents(n: int, seed: int) -> list[str]:
-    """`n` documents drawn from the task mixture, determined by `seed`."""
+    """`n` documents drawn from every kind of `TEXT_KINDS` in equal shares, determined by `seed`."""
     rng = random.Random(seed)
-    return [rng.choice(TASKS)(rng) for _ in range(n)]
+    generators = list(TEXT_KINDS.values())
+    return [rng.choice(generators)(rng) for _ in range(n)]
 
 
 def write_pretrain_text(path: Path, n: int, seed: int) -> Path:

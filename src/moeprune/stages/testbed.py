@@ -8,22 +8,40 @@ from typing import Any
 
 from moeprune.errors import MoepruneError
 
-LM_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
 
-
-def run(kind: str, out: Path, family: str = "mixtral", seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    """Build the `lm` or `vision` testbed under `out`."""
+def run(
+    kind: str,
+    out: Path,
+    family: str | None = None,
+    preset: str | None = None,
+    seed: int = 0,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Build the `lm` or `vision` testbed under `out` (`family` and `preset` apply to `lm` only)."""
     if kind == "lm":
-        if family not in LM_FAMILIES:
-            raise MoepruneError(f"unknown testbed family '{family}'; choose one of {', '.join(LM_FAMILIES)}")
         from moeprune.testbed.lm import build_lm_testbed
 
-        summary = build_lm_testbed(Path(out), family=family, seed=seed, quick=quick)
+        summary = build_lm_testbed(Path(out), family=family, preset=preset, seed=seed, quick=quick)
     elif kind == "vision":
+        if family or preset:
+            raise MoepruneError("--family and --preset apply to the lm testbed only; drop them for vision")
         from moeprune.testbed.vision import build_vision_testbed
 
         summary = build_vision_testbed(Path(out), seed=seed, quick=quick)
     else:
         raise MoepruneError(f"unknown testbed kind '{kind}'; choose lm or vision")
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(_brief(summary), indent=2, default=str))
     return summary
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """The build record without its per-expert load matrices (they stay in testbed.json)."""
+    diagnostics = summary.get("diagnostics")
+    if not diagnostics:
+        return summary
+    nmi = {
+        name: {layer: entry["nmi"] for layer, entry in diag["routing"]["layers"].items()}
+        for name, diag in diagnostics.items()
+    }
+    perplexity = {name: diag["perplexity"] for name, diag in diagnostics.items()}
+    return {**summary, "diagnostics": {"perplexity": perplexity, "routing_nmi": nmi}}

@@ -1,22 +1,26 @@
-"""The embedded LM testbed: a small MoE causal LM pretrained on a text mixture, then fine-tuned on
-GSM8K-format word problems, built in minutes on CPU.
+"""The embedded LM testbed: a small MoE causal LM pretrained on a mixture of kinds of text, then
+adapted to GSM8K-format word problems, built in minutes on CPU.
 
 `build_lm_testbed(out)` writes:
 
     out/data/train.jsonl, test.jsonl   GSM8K-schema word problems (disjoint questions)
-    out/data/pretrain.txt              a held-out sample of the pretraining mixture (calibration, perplexity)
+    out/data/pretrain.txt              a held-out sample of the text kinds (calibration, perplexity)
+    out/data/kinds/<kind>.txt          held-out documents of each kind of the pretraining mixture
     out/pretrained/                    HF dir (safetensors + tokenizer) after pretraining
-    out/finetuned/                     the same architecture after fine-tuning on the word problems
-    out/testbed.json                   sizes, seeds, timings, training losses
+    out/finetuned/                     the same architecture after the task adaptation
+    out/routing_<model>.png            kind x expert load per layer (routing diagnostics)
+    out/testbed.json                   plan, sizes, seeds, timings, losses, per-kind perplexity, routing
 
-Families: mixtral (default), qwen3_moe, olmoe, deepseek_v3, each from the stock transformers config
-class, so both directories load with `AutoModelForCausalLM.from_pretrained`.
+Families: qwen3_moe (default preset), mixtral, olmoe, deepseek_v3, each from the stock transformers
+config class, so both directories load with `AutoModelForCausalLM.from_pretrained`. Presets
+(`testbed.presets`) fix sizes and steps; `family` overrides the preset's family at the same sizes.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -24,78 +28,27 @@ import transformers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
 
 from moeprune.data.gsm8k_gen import read_jsonl, write_splits
-from moeprune.data.text_mix import generate_documents, write_pretrain_text
+from moeprune.data.text_mix import write_pretrain_text
 from moeprune.data.tokenizer import build_tokenizer
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
+from moeprune.profiling_plots import plot_kind_load
+from moeprune.testbed import diagnostics
+from moeprune.testbed.corpus import Corpus, build_corpus, heldout_text, mixed_batches, rows_by_kind
+from moeprune.testbed.presets import ModelSize, Plan, get_plan
 from moeprune.testbed.train import (
     TrainConfig,
     batches_from_rows,
-    batches_from_tensor,
     finetune_rows,
-    format_example,
     make_deterministic,
-    pretrain_rows,
     train,
 )
 
 FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
-ROUTER_AUX_LOSS_COEF = 0.01
 FEWSHOT = 5
 
 
-@dataclass
-class ModelSize:
-    """Architecture sizes shared by every family."""
-
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 256
-    experts: int = 8
-    top_k: int = 2
-    max_positions: int = 1024
-
-
-@dataclass
-class Plan:
-    """Everything a build does: sizes, data counts, and the two training phases."""
-
-    size: ModelSize
-    n_train: int
-    n_test: int
-    n_pretrain_docs: int
-    n_pretrain_sample: int
-    pretrain_seq_len: int
-    pretrain: TrainConfig
-    finetune: TrainConfig
-    finetune_max_len: int = 640
-
-
-DEFAULT_PLAN = Plan(
-    size=ModelSize(),
-    n_train=20000,
-    n_test=200,
-    n_pretrain_docs=60000,
-    n_pretrain_sample=2000,
-    pretrain_seq_len=256,
-    pretrain=TrainConfig(steps=160, batch_size=16, lr=2e-3, warmup_steps=20, desc="pretrain"),
-    finetune=TrainConfig(steps=640, batch_size=6, lr=3e-3, warmup_steps=20, desc="fine-tune"),
-)
-QUICK_PLAN = Plan(
-    size=ModelSize(hidden=64, layers=2, heads=2, kv_heads=2, intermediate=128, experts=4, top_k=2),
-    n_train=300,
-    n_test=20,
-    n_pretrain_docs=2000,
-    n_pretrain_sample=200,
-    pretrain_seq_len=128,
-    pretrain=TrainConfig(steps=15, batch_size=8, lr=3e-3, warmup_steps=3, desc="pretrain"),
-    finetune=TrainConfig(steps=25, batch_size=4, lr=3e-3, warmup_steps=3, desc="fine-tune"),
-)
-
-
-def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase) -> dict:
+def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase, aux_loss_coef: float) -> dict:
     """Config fields every family shares (names as in the stock config classes)."""
     return {
         "vocab_size": len(tokenizer),
@@ -105,7 +58,7 @@ def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase) -> dict:
         "num_key_value_heads": size.kv_heads,
         "max_position_embeddings": size.max_positions,
         "num_experts_per_tok": size.top_k,
-        "router_aux_loss_coef": ROUTER_AUX_LOSS_COEF,
+        "router_aux_loss_coef": aux_loss_coef,
         "tie_word_embeddings": False,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -113,13 +66,15 @@ def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase) -> dict:
     }
 
 
-def model_config(family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+def model_config(
+    family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBase, aux_loss_coef: float = 0.01
+) -> PretrainedConfig:
     """The stock transformers config of `family` at `size`.
 
     Raises:
         MoepruneError: for a family that is not one of FAMILIES.
     """
-    common = _common(size, tokenizer)
+    common = _common(size, tokenizer, aux_loss_coef)
     head_dim = size.hidden // size.heads
     if family == "mixtral":
         return transformers.MixtralConfig(
@@ -163,16 +118,15 @@ def model_config(family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBas
     raise MoepruneError(f"unknown testbed family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def _write_data(data_dir: Path, plan: Plan, seed: int) -> tuple[list[dict], list[str]]:
-    """Write the word-problem splits and the pretraining sample; return train records and documents."""
+def _write_data(data_dir: Path, plan: Plan, seed: int) -> Corpus:
+    """Write the word-problem splits, the mixture sample and each kind's held-out text; return the corpus."""
     paths = write_splits(data_dir, plan.n_train, plan.n_test, seed)
     write_pretrain_text(data_dir / "pretrain.txt", plan.n_pretrain_sample, seed + 1)
-    return read_jsonl(paths["train"]), generate_documents(plan.n_pretrain_docs, seed)
-
-
-def _tokenizer_corpus(records: list[dict], documents: list[str]) -> list[str]:
-    """Texts the tokenizer is trained on: every train problem in prompt format, and the documents."""
-    return ["".join(format_example(record)) for record in records] + documents
+    corpus = build_corpus(read_jsonl(paths["train"]), read_jsonl(paths["test"]), plan.docs_per_kind, seed)
+    (data_dir / "kinds").mkdir()
+    for kind, text in heldout_text(corpus).items():
+        (data_dir / "kinds" / f"{kind}.txt").write_text(text)
+    return corpus
 
 
 def _save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
@@ -186,70 +140,103 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _phase(cfg: TrainConfig, seed: int) -> TrainConfig:
-    """`cfg` with its seed derived from the build seed."""
-    return TrainConfig(**{**asdict(cfg), "seed": seed})
+def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainConfig:
+    """`cfg` with its seed derived from the build seed (and its batch size, when given)."""
+    return replace(cfg, seed=seed, batch_size=batch_size or cfg.batch_size)
+
+
+def _diagnose(model, name: str, heldout: dict, plan: Plan, out: Path) -> dict:
+    """Per-kind perplexity and routing of one saved model; draws its kind x expert heat map."""
+    counts = diagnostics.routing_by_kind(model, heldout, plan.heldout_rows)
+    routing = diagnostics.routing_record(counts, list(heldout))
+    plot_kind_load(routing, out / f"routing_{name}.png", title=f"{name}: kind x expert load")
+    return {"perplexity": diagnostics.kind_perplexities(model, heldout, plan.heldout_rows), "routing": routing}
 
 
 def build_lm_testbed(
-    out: Path, family: str = "mixtral", seed: int = 0, quick: bool = False, plan: Plan | None = None
+    out: Path, family: str | None = None, seed: int = 0, quick: bool = False, preset: str | None = None
 ) -> dict:
-    """Build the pretrained / fine-tuned MoE LM pair and its data under `out` (replaced atomically).
+    """Build the pretrained / adapted MoE LM pair and its data under `out` (replaced atomically).
 
     Args:
         out: output folder.
-        family: one of FAMILIES.
+        family: one of FAMILIES; None keeps the preset's family.
         seed: seeds data, initialisation and batch order; the same seed gives the same weights.
-        quick: a tiny model and a few steps (for tests; accuracy does not matter).
-        plan: override the whole build plan (sizes, data counts, steps); defaults by `quick`.
+        quick: shorthand for `preset="quick"`.
+        preset: a name of `testbed.presets.PRESETS` (default: "default", or "quick" when `quick`).
 
     Returns:
         The record also written to `out/testbed.json`.
     """
-    if family not in FAMILIES:
-        raise MoepruneError(f"unknown testbed family {family!r}; choose one of {', '.join(FAMILIES)}")
-    plan = plan or (QUICK_PLAN if quick else DEFAULT_PLAN)
+    if quick and preset not in (None, "quick"):
+        raise MoepruneError(f"--quick and --preset {preset} contradict each other; give one of them")
+    name = preset or ("quick" if quick else "default")
+    plan = get_plan(name)
+    return build_from_plan(out, replace(plan, family=family or plan.family), seed, name)
+
+
+def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom") -> dict:
+    """Build the testbed that `plan` describes (see `build_lm_testbed`)."""
+    if plan.family not in FAMILIES:
+        raise MoepruneError(f"unknown testbed family {plan.family!r}; choose one of {', '.join(FAMILIES)}")
+    start, cpu_start = time.perf_counter(), time.process_time()
     with atomic_dir(out) as tmp:
         make_deterministic(seed)
-        records, documents = _write_data(tmp / "data", plan, seed)
-        tokenizer = build_tokenizer(_tokenizer_corpus(records, documents), model_max_length=plan.size.max_positions)
-        config = model_config(family, plan.size, tokenizer)
+        corpus = _write_data(tmp / "data", plan, seed)
+        tokenizer = build_tokenizer(corpus.all_documents(), model_max_length=plan.size.max_positions)
+        config = model_config(plan.family, plan.size, tokenizer, plan.router_aux_loss_coef)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        pretrain_cfg, finetune_cfg = _phase(plan.pretrain, seed), _phase(plan.finetune, seed + 1)
-        rows = pretrain_rows(tokenizer, documents, plan.pretrain_seq_len)
-        pretrain_log = train(model, batches_from_tensor(rows, pretrain_cfg), pretrain_cfg)
+        train_rows = rows_by_kind(tokenizer, corpus.train, plan.pretrain_seq_len)
+        heldout = rows_by_kind(tokenizer, corpus.heldout, plan.pretrain_seq_len)
+        pretrain_cfg = _phase(plan.pretrain, seed, plan.rows_per_kind * len(train_rows))
+        adapt_cfg = _phase(plan.adapt, seed + 1)
+        pretrain_log = train(model, mixed_batches(train_rows, plan.rows_per_kind, pretrain_cfg), pretrain_cfg)
         _save(model, tokenizer, tmp / "pretrained")
+        pretrained = _diagnose(model, "pretrained", heldout, plan, tmp)
         packed = finetune_rows(
             tokenizer,
-            records,
-            finetune_cfg.steps * finetune_cfg.batch_size,
+            read_jsonl(tmp / "data" / "train.jsonl"),
+            adapt_cfg.steps * adapt_cfg.batch_size,
             FEWSHOT + 1,
-            plan.finetune_max_len,
+            plan.adapt_max_len,
             random.Random(seed).randint(0, 2**31),
         )
-        finetune_log = train(model, batches_from_rows(packed, finetune_cfg, tokenizer.pad_token_id), finetune_cfg)
+        adapt_log = train(model, batches_from_rows(packed, adapt_cfg, tokenizer.pad_token_id), adapt_cfg)
         _save(model, tokenizer, tmp / "finetuned")
         record = {
-            "family": family,
+            "preset": preset,
+            "family": plan.family,
             "seed": seed,
-            "quick": quick,
+            "quick": preset == "quick",
             "model_type": config.model_type,
             "size": asdict(plan.size),
+            "router_aux_loss_coef": plan.router_aux_loss_coef,
             "params": _count_params(model),
             "vocab_size": len(tokenizer),
             "data": {
                 "n_train": plan.n_train,
                 "n_test": plan.n_test,
-                "n_pretrain_docs": plan.n_pretrain_docs,
-                "pretrain_rows": len(rows),
-                "finetune_rows": len(packed),
+                "kinds": list(train_rows),
+                "docs_per_kind": plan.docs_per_kind,
+                "pretrain_rows": {kind: len(rows) for kind, rows in train_rows.items()},
+                "rows_per_kind_per_batch": plan.rows_per_kind,
+                "adapt_rows": len(packed),
                 "fewshot": FEWSHOT,
             },
             "pretrain": {**asdict(pretrain_cfg), **pretrain_log},
-            "finetune": {**asdict(finetune_cfg), **finetune_log},
-            "train_seconds": round(pretrain_log["seconds"] + finetune_log["seconds"], 2),
-            "train_cpu_seconds": round(pretrain_log["cpu_seconds"] + finetune_log["cpu_seconds"], 2),
+            "adapt": {**asdict(adapt_cfg), **adapt_log},
+            "train_seconds": round(pretrain_log["seconds"] + adapt_log["seconds"], 2),
+            "train_cpu_seconds": round(pretrain_log["cpu_seconds"] + adapt_log["cpu_seconds"], 2),
+            "unigram_perplexity": diagnostics.unigram_perplexities(
+                train_rows, heldout, len(tokenizer), plan.heldout_rows
+            ),
+            "diagnostics": {
+                "pretrained": pretrained,
+                "finetuned": _diagnose(model, "finetuned", heldout, plan, tmp),
+            },
+            "build_seconds": round(time.perf_counter() - start, 2),
+            "build_cpu_seconds": round(time.process_time() - cpu_start, 2),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         write_json(tmp / "testbed.json", record)

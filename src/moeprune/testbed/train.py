@@ -15,29 +15,16 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from moeprune.testbed.presets import TrainConfig
+
 IGNORE = -100
 QUESTION_PREFIX = "Question:"
 FEWSHOT_DELIMITER = "\n\n"
-
-
-@dataclass
-class TrainConfig:
-    """Optimiser settings of one training phase."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    desc: str = "train"
 
 
 def make_deterministic(seed: int, threads: int = 2) -> None:

@@ -1,0 +1,111 @@
+"""Named build plans of the LM testbed: sizes, data counts and the two training phases (torch-free).
+
+- `default`: a Qwen3-MoE-family model with 64 fine-grained routed experts per layer, top-8 (OLMoE's
+  count; Qwen3-30B-A3B has 128, DeepSeek-V3 256), expert width 64 so that the active expert
+  parameters per token equal the coarse preset's (8 x 64 = 2 x 256). Pretrained on eight kinds of text
+  in equal shares, word problems one of them, then adapted to the GSM8K format in a short second phase.
+- `mixtral-8x`: the coarse-expert case, 8 experts top-2 of width 256 (the first testbed's
+  architecture), Mixtral family, the same data and training recipe.
+- `quick`: tiny and a few steps, seconds to build (tests; accuracy does not matter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from moeprune.errors import MoepruneError
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser settings of one training phase."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    desc: str = "train"
+
+
+@dataclass
+class ModelSize:
+    """Architecture sizes shared by every family (`intermediate` is one routed expert's width)."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 64
+    experts: int = 64
+    top_k: int = 8
+    max_positions: int = 1024
+
+
+@dataclass
+class Plan:
+    """Everything a build does: family, sizes, data counts, and the two training phases.
+
+    `rows_per_kind` rows of every kind make one pretraining batch (so `pretrain.batch_size` is
+    `rows_per_kind` times the number of kinds); `adapt` is the task-adaptation phase on packed
+    5-shot word problems.
+    """
+
+    family: str
+    size: ModelSize
+    n_train: int
+    n_test: int
+    docs_per_kind: int
+    n_pretrain_sample: int
+    pretrain_seq_len: int
+    rows_per_kind: int
+    pretrain: TrainConfig
+    adapt: TrainConfig
+    adapt_max_len: int = 640
+    heldout_rows: int = 32
+    router_aux_loss_coef: float = 0.01
+    notes: list[str] = field(default_factory=list)
+
+
+DEFAULT = Plan(
+    family="qwen3_moe",
+    size=ModelSize(),
+    n_train=20000,
+    n_test=200,
+    docs_per_kind=15000,
+    n_pretrain_sample=2000,
+    pretrain_seq_len=256,
+    rows_per_kind=2,
+    pretrain=TrainConfig(steps=700, batch_size=16, lr=2e-3, warmup_steps=30, desc="pretrain"),
+    adapt=TrainConfig(steps=120, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt"),
+)
+MIXTRAL_8X = replace(
+    DEFAULT, family="mixtral", size=ModelSize(intermediate=256, experts=8, top_k=2), notes=["coarse experts"]
+)
+QUICK = Plan(
+    family="qwen3_moe",
+    size=ModelSize(hidden=64, layers=2, heads=2, kv_heads=2, intermediate=32, experts=8, top_k=2),
+    n_train=300,
+    n_test=20,
+    docs_per_kind=200,
+    n_pretrain_sample=200,
+    pretrain_seq_len=128,
+    rows_per_kind=1,
+    pretrain=TrainConfig(steps=15, batch_size=8, lr=3e-3, warmup_steps=3, desc="pretrain"),
+    adapt=TrainConfig(steps=10, batch_size=4, lr=3e-3, warmup_steps=3, desc="adapt"),
+    heldout_rows=4,
+)
+PRESETS: dict[str, Plan] = {"default": DEFAULT, "mixtral-8x": MIXTRAL_8X, "quick": QUICK}
+
+
+def get_plan(preset: str) -> Plan:
+    """The plan named `preset`.
+
+    Raises:
+        MoepruneError: for an unknown preset.
+    """
+    if preset not in PRESETS:
+        raise MoepruneError(f"unknown testbed preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
