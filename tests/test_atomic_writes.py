@@ -25,7 +25,10 @@ from moeprune.data.calibration import load_calibration, sidecar_path, write_cali
 from moeprune.io_utils import atomic_dir, atomic_file, clean_leftovers, scratch_dir, write_json
 from moeprune.outputs import claim_output
 
-FAULT = "killed mid-write (kill -9 between any two filesystem operations)"
+OUTCOME = (
+    "the previous output is kept until the new one is in place{torn}; the rerun cleans the leftovers "
+    "and ends with exactly one valid output"
+)
 
 
 class Killed(BaseException):
