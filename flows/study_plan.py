@@ -9,10 +9,13 @@ alone, at the same total sparsity; plus expert pruning only at 25 / 50 % for eve
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from moeprune.testbed.presets import PRESETS
 
 # The inputs each scoring method reads (the `needs` of its scorer): only those are passed, so a method's
 # `seconds` do not include loading what it does not use.
@@ -27,6 +30,7 @@ METHOD_INPUTS = {
     "random": (),
 }
 RANDOM = "random"
+NAEE = "naee"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class StudySpec:
     expert_sparsity: tuple[float, ...]
     random_seeds: tuple[int, ...]
     combined_expert: tuple[str, float] | None = None  # (method, expert sparsity) before unstructured pruning
+    routed_experts: int | None = None  # per MoE layer of the testbed (naee tractability); None: not checked
     unstructured: tuple[str, ...] = ()  # wanda | owl-wanda
     total_sparsity: tuple[float, ...] = ()
     comparisons: tuple[tuple[str, str, str], ...] = ()  # (name, first, second)
@@ -120,10 +125,11 @@ def study_specs(quick: bool = False) -> list[StudySpec]:
         seq_len=64 if quick else 128,
         eval_limit=8 if quick else 200,
         eval_batch_size=8 if quick else 32,
-        expert_methods=("stun", "naee", "reap", "frequency", "router-change", RANDOM),
+        expert_methods=("stun", "naee", "reap", "frequency", "soft-frequency", "router-change", RANDOM),
         expert_sparsity=(0.25, 0.5),
         random_seeds=(0,) if quick else (0, 1, 2),
         combined_expert=("stun", 0.25),
+        routed_experts=PRESETS["quick" if quick else "default"].size.experts,
         unstructured=("wanda", "owl-wanda"),
         total_sparsity=(0.4, 0.65),
         comparisons=(
@@ -287,13 +293,29 @@ def unstructured_point(layout: Layout, method: str, total: float, parent: Point 
     )
 
 
+def intractable(spec: StudySpec, method: str, sparsity: float) -> str | None:
+    """Why `method` cannot run at `sparsity` on the study's testbed, or None (naee enumerates keep-sets)."""
+    if method != NAEE or spec.routed_experts is None:
+        return None
+    from moeprune.scoring.base import keep_count
+    from moeprune.scoring.naee import MAX_COMBINATIONS
+
+    experts = spec.routed_experts
+    keep = keep_count(experts, sparsity)
+    count = math.comb(experts, keep)
+    if count <= MAX_COMBINATIONS:
+        return None
+    return f"C({experts}, {keep}) = {count:.2g} keep-sets per layer, above naee's max_combinations={MAX_COMBINATIONS}"
+
+
 def study_points(layout: Layout) -> list[Point]:
     """Every point of one study: expert-only points, then unstructured-only and combined ones."""
     spec = layout.spec
     points = []
     for method in spec.expert_methods:
         seeds = spec.random_seeds if method == RANDOM else (None,)
-        points += [expert_point(layout, method, s, seed) for s in spec.expert_sparsity for seed in seeds]
+        columns = [s for s in spec.expert_sparsity if not intractable(spec, method, s)]
+        points += [expert_point(layout, method, s, seed) for s in columns for seed in seeds]
     if spec.combined_expert:
         method, sparsity = spec.combined_expert
         parent = next(p for p in points if p.expert_method == method and p.expert_sparsity == sparsity)
@@ -306,7 +328,10 @@ def study_points(layout: Layout) -> list[Point]:
 
 def requested(spec: StudySpec) -> dict[str, dict[str, list[float]]]:
     """Every (method, sparsity) the study asks for, as the report checks it."""
-    wanted = {"expert": {m: list(spec.expert_sparsity) for m in spec.expert_methods}, "total": {}}
+    wanted = {
+        "expert": {m: [s for s in spec.expert_sparsity if not intractable(spec, m, s)] for m in spec.expert_methods},
+        "total": {},
+    }
     if spec.combined_expert:
         for unstructured in spec.unstructured:
             wanted["total"][unstructured] = list(spec.total_sparsity)
@@ -348,5 +373,11 @@ def spec_record(spec: StudySpec, layout: Layout) -> dict[str, Any]:
         },
         "random_seeds": list(spec.random_seeds),
         "requested": requested(spec),
+        "not_run": [
+            {"method": m, "expert_sparsity": s, "reason": reason}
+            for m in spec.expert_methods
+            for s in spec.expert_sparsity
+            if (reason := intractable(spec, m, s))
+        ],
         "comparisons": [{"name": n, "a": a, "b": b} for n, a, b in spec.comparisons],
     }

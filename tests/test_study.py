@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # flows/ lives beside src/
 
-from flows.study_plan import Layout, requested, study_points, study_specs  # noqa: E402
+from flows.study_plan import Layout, requested, spec_record, study_points, study_specs  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
 from moeprune.report import Cell, Group, Row, aggregate, comparison_rows, missing_requests, pareto_front  # noqa: E402
 from moeprune.report_markdown import percent  # noqa: E402
@@ -199,3 +199,16 @@ def test_runner_stops_a_failed_chain_and_runs_the_next(tmp_path):
     bad, good = status["chains"]
     assert not bad["ok"] and len(bad["commands"]) == 1 and bad["commands"][0]["code"] == 1
     assert good["ok"] and good["commands"][0]["code"] == 0 and status["process_cpu_seconds"] > 0
+
+
+def test_naee_points_only_where_keep_sets_are_enumerable(tmp_path):
+    full, quick = study_specs(quick=False)[1], study_specs(quick=True)[1]
+    assert full.routed_experts == 64 and quick.routed_experts == 8
+    full_points = study_points(Layout(tmp_path, full))
+    assert not [p for p in full_points if p.expert_method == "naee"]
+    assert "naee" in full.expert_methods and requested(full)["expert"]["naee"] == []
+    record = spec_record(full, Layout(tmp_path, full))
+    assert [(n["method"], n["expert_sparsity"]) for n in record["not_run"]] == [("naee", 0.25), ("naee", 0.5)]
+    assert "C(64, 48)" in record["not_run"][0]["reason"]
+    quick_points = study_points(Layout(tmp_path, quick))
+    assert {p.expert_sparsity for p in quick_points if p.expert_method == "naee"} == {0.25, 0.5}

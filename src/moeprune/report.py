@@ -78,6 +78,7 @@ class Group:
     claim: str = ""
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     requested: dict[str, Any] = field(default_factory=dict)  # {"expert": {label: [s...]}, "total": {...}}
+    not_run: list[dict[str, Any]] = field(default_factory=list)  # [{"method", "expert_sparsity", "reason"}]
 
     @property
     def metric(self) -> str:
@@ -224,6 +225,7 @@ def load_study_results(study: dict[str, Any], tracking_uri: str | None = None) -
                 claim=spec.get("claim", ""),
                 comparisons=list(spec.get("comparisons") or []),
                 requested=dict(spec.get("requested") or {}),
+                not_run=list(spec.get("not_run") or []),
             )
         )
     return groups

@@ -192,6 +192,9 @@ def group_section(group: Group, files: dict[str, str], context: dict[str, str]) 
     lines += comparison_section(group, context)
     lines += pareto_section(group, files, context)
     lines += cost_section(group, files, context)
+    for entry in group.not_run:
+        where = f"{entry['method']} at {percent(entry['expert_sparsity'])} expert sparsity"
+        lines += [f"**Not run**: {where}: {entry['reason']}.", ""]
     missing = missing_requests(group)
     if missing:
         lines += [f"**Missing points** (requested, not registered): {', '.join(missing)}", ""]
