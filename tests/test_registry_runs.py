@@ -11,23 +11,24 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_helpers import pruned_child, tiny_mixtral
+from registry_helpers import metrics_file, pruned_child, tiny_mixtral
 
 from moeprune import registry
 from moeprune.errors import MoepruneError
 from moeprune.registry import runs, store, versions
 
 NAME = "lm-finetuned-pruned"
-# A registration that stops inside its run (after writing `started`) until it is killed.
+# `moeprune register`'s stage, stopped inside its run (after writing `started`) until it is killed.
 STUCK_REGISTER = """
 import sys, time
 from pathlib import Path
 from moeprune.registry import versions
+from moeprune.stages.register import run
 def stuck(*args, **kwargs):
-    Path(sys.argv[3]).write_text("started")
+    Path(sys.argv[4]).write_text("started")
     time.sleep(600)
 versions.log_contents = stuck
-versions.register_model_dir(sys.argv[1], None, None, sys.argv[2])
+run(Path(sys.argv[1]), Path(sys.argv[2]), None, sys.argv[3])
 """
 HOLD_LOCK = """
 import sys, time
@@ -97,13 +98,20 @@ def test_an_error_inside_the_run_ends_it_failed_and_creates_no_version(models, u
     assert record["created"] is True and statuses(uri) == ["FAILED", "FINISHED"]
 
 
-def test_run_of_a_killed_register_is_marked_killed_by_the_next(models, uri, tmp_path):
-    started = tmp_path / "started"
-    process = start_python(STUCK_REGISTER, str(models["base"]), uri, str(started))
+def stuck_register(models: dict, uri: str, tmp_path: Path) -> subprocess.Popen:
+    """A register process stopped inside its run (the run is RUNNING)."""
+    started, metrics = tmp_path / "started", metrics_file(tmp_path / "m.json", 0.5, 0.0, 0.0)
+    process = start_python(STUCK_REGISTER, str(models["base"]), str(metrics), uri, str(started))
     wait_for(started, process)
     assert statuses(uri) == ["RUNNING"]
+    return process
+
+
+def test_run_of_a_killed_register_is_marked_killed_by_the_next(models, uri, tmp_path):
+    process = stuck_register(models, uri, tmp_path)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    assert statuses(uri) == ["RUNNING"]  # nobody could close it
     begun = time.monotonic()
     record = registry.register_model_dir(models["base"], None, None, uri)
     assert time.monotonic() - begun < 60  # the kill released the store lock
@@ -111,6 +119,13 @@ def test_run_of_a_killed_register_is_marked_killed_by_the_next(models, uri, tmp_
     [killed] = client(uri).search_runs([registry.experiment_id(client(uri), uri)], "attributes.status = 'KILLED'")
     assert killed.data.tags[runs.PID_TAG] == str(process.pid)
     assert "its process had gone" in killed.data.tags[runs.ENDED_BY_TAG]
+
+
+def test_sigterm_ends_the_run_failed_before_the_process_exits(models, uri, tmp_path):
+    process = stuck_register(models, uri, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert statuses(uri) == ["FAILED"]
 
 
 def test_only_runs_of_gone_processes_are_marked(models, uri, tmp_path):
