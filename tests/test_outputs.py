@@ -89,3 +89,27 @@ def test_evaluation_temporaries_live_beside_the_output_and_go(model, tmp_path, m
     assert runner.invoke(app, args).exit_code == 0
     assert seen[0].startswith(str(tmp_path / ".metrics.json.tmp-"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "t.txt"]
+
+
+def test_every_stage_reruns_into_its_own_output_and_refuses_another_stages(tmp_path):
+    from test_calibration import save_tiny_lm, write_gsm8k_jsonl
+
+    from moeprune.errors import MoepruneError
+    from moeprune.stages import calibrate, evaluate, profile, prune_unstructured, score
+
+    lm, problems = save_tiny_lm(tmp_path / "lm"), write_gsm8k_jsonl(tmp_path / "p.jsonl")
+    calib, prof, scores = tmp_path / "c.safetensors", tmp_path / "prof", tmp_path / "s.json"
+    pruned, metrics = tmp_path / "pruned", tmp_path / "m.json"
+    for _ in range(2):  # the second round replaces each stage's own first output
+        calibrate.run(lm, f"gsm8k-local:{problems}", 4, 16, calib)
+        profile.run(lm, calib, prof, device="cpu")
+        score.run(lm, "frequency", 0.5, scores, profile=prof, device="cpu")
+        prune_unstructured.run(lm, "magnitude", pruned, sparsity=0.5, device="cpu")
+        evaluate.run(lm, f"perplexity:{problems}", metrics, limit=1, device="cpu")
+    with pytest.raises(MoepruneError, match="not an earlier `moeprune profile`"):
+        profile.run(lm, calib, pruned, device="cpu")
+    with pytest.raises(MoepruneError, match="not an earlier `moeprune score`"):
+        score.run(lm, "frequency", 0.5, metrics, profile=prof, device="cpu")
+    with pytest.raises(MoepruneError, match="not an earlier `moeprune evaluate`"):
+        evaluate.run(lm, f"perplexity:{problems}", scores, limit=1, device="cpu")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -103,9 +103,12 @@ def testbed(
     ] = None,
     seed: int = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny models trained for seconds (tests).")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Build the embedded testbed: a pretrained and a fine-tuned MoE model plus their data."""
-    _call("testbed", kind=kind.value, out=out, family=family, preset=preset, seed=seed, quick=quick)
+    _call(
+        "testbed", kind=kind.value, out=out, family=family, preset=preset, seed=seed, quick=quick, overwrite=overwrite
+    )
 
 
 @app.command()

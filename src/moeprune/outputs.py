@@ -38,8 +38,13 @@ def _lineage_of(stage: str) -> Callable[[Path], bool]:
 
 
 def _has_keys(name: str | None, *keys: str) -> Callable[[Path], bool]:
-    """A record `out/name` (or `out` itself when name is None) holding every key."""
-    return lambda out: set(keys) <= set(_json(out / name if name else out))
+    """A record `out/name` (or `out` itself when name is None): a non-empty JSON object holding every key."""
+
+    def recognise(out: Path) -> bool:
+        record = _json(out / name if name else out)
+        return bool(record) and set(keys) <= set(record)
+
+    return recognise
 
 
 def _calibration(out: Path) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.errors import MoepruneError
+from moeprune.outputs import claim_output
 
 
 def run(
@@ -16,8 +17,13 @@ def run(
     preset: str | None = None,
     seed: int = 0,
     quick: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Build the `lm` or `vision` testbed under `out` (`family` and `preset` apply to `lm` only)."""
+    """Build the `lm` or `vision` testbed under `out` (`family` and `preset` apply to `lm` only).
+
+    `out` may hold an earlier testbed (its `testbed.json`); anything else only with `overwrite`.
+    """
+    out = claim_output(out, "testbed", overwrite=overwrite)
     if kind == "lm":
         from moeprune.testbed.lm import build_lm_testbed
 
