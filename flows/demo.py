@@ -19,6 +19,7 @@ from prefect import flow
 from flows.pipeline import pipeline
 from flows.promote import promote
 from flows.sweep import sweep
+from moeprune.config import load_params
 
 CHAINS = {"lm": ".", "vision": "pipelines/vision"}
 
@@ -78,6 +79,8 @@ def print_versions(rows: list[dict[str, Any]]) -> None:
 @flow(name="moeprune-demo", log_prints=True)
 def demo(root: str = ".", chains: list[str] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the pipeline flow for each chain, then promotion; print the registry table."""
+    for kind in chains or list(CHAINS):  # every chain's params first: the vision chain's typo stops the LM chain too
+        load_params(Path(root) / CHAINS[kind] / "params.yaml")
     results = {}
     for kind in chains or list(CHAINS):
         results[kind] = pipeline(root=root, pipeline_dir=CHAINS[kind], tracking_uri=tracking_uri)

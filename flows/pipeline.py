@@ -68,10 +68,10 @@ def pipeline(
     Returns:
         `{"ran": {stage: [...]}, "registered": {base|pruned: record}, "table": markdown}`.
     """
-    logger = get_run_logger()
     workdir = Path(root) / pipeline_dir
     params_file = workdir / "params.yaml"
-    params = load_params(params_file)
+    params = load_params(params_file)  # first: a bad key stops the flow before any stage runs
+    logger = get_run_logger()
     ran = {}
     for stage in stages or STAGES:
         ran[stage] = STAGE_TASKS[stage](root, pipeline_dir)

@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from moeprune.config import load_params
 from tasks.stages import promote_models
 
 
@@ -29,6 +30,7 @@ def decisions_markdown(result: dict[str, Any]) -> str:
 @flow(name="moeprune-promote", log_prints=True)
 def promote(params: str = "params.yaml", tracking_uri: str | None = None, dry_run: bool = False) -> dict:
     """Decide and (unless `dry_run`) move `champion`/`challenger`; publish the decision as an artifact."""
+    load_params(params)  # first: a bad key stops the flow before the registry is touched
     result = promote_models(str(Path(params)), tracking_uri, dry_run)
     create_markdown_artifact(decisions_markdown(result), key="moeprune-promotion")
     return result

@@ -95,7 +95,7 @@ def sweep(
         force: rerun points whose experiment already exists for this commit (default: skip them).
     """
     workdir = Path(root) / pipeline_dir
-    params = load_params(workdir / "params.yaml")
+    params = load_params(workdir / "params.yaml")  # first: a bad key stops the sweep before any experiment
     options = params.prune_unstructured.options.model_dump(by_alias=True, exclude_none=True)
     points = grid_points(params.sweep, options, prefix=f"{params.kind}-")
     done = set() if force else existing_experiments(root)

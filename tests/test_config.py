@@ -57,6 +57,24 @@ def test_vision_params_load():
         ("testbed.options.family", "gpt2", "testbed.options.family: unknown family 'gpt2'"),
         ("score.bogus", 1, "score.bogus: unknown key"),
         ("device", "gpu", "device: must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+        # strict types: YAML's bools, strings and numbers are not converted into each other
+        ("calibrate.samples", True, "calibrate.samples: Input should be a valid integer, got True"),
+        ("evaluate.limit", 2.5, "evaluate.limit: Input should be a valid integer, got 2.5"),
+        ("testbed.options.quick", "yes", "testbed.options.quick: Input should be a valid boolean, got 'yes'"),
+        ("profile.streaming", 1, "profile.streaming: Input should be a valid boolean, got 1"),
+        ("prune_unstructured.options.owl", "true", "options.owl: Input should be a valid boolean, got 'true'"),
+        ("score.expert_sparsity", "0.5", "score.expert_sparsity: Input should be a valid number, got '0.5'"),
+        ("score.expert_sparsity", True, "score.expert_sparsity: Input should be a valid number, got True"),
+        ("registry.model_name", 7, "registry.model_name: Input should be a valid string, got 7"),
+        # seeds are >= 0
+        ("score.seed", -1, "score.seed: Input should be greater than or equal to 0, got -1"),
+        ("calibrate.seed", -3, "calibrate.seed: Input should be greater than or equal to 0"),
+        ("testbed.options.seed", -1, "testbed.options.seed: Input should be greater than or equal to 0"),
+        ("score.seed", False, "score.seed: Input should be a valid integer, got False"),
+        # a misspelt key beside the real one (DVC would run with the old value)
+        ("score.expert_sparsty", 0.25, "params.yaml: score.expert_sparsty: unknown key"),
+        ("prune_unstructured.options.total_sparsity", 0.5, "options.total_sparsity: unknown key"),
+        ("prune_unstructured.options", {"total_sparsity": 0.5}, "options.total_sparsity: unknown key"),
     ],
 )
 def test_bad_value_names_the_key(raw, path, value, expected):
@@ -86,3 +104,19 @@ def test_defaults_fill_missing_sections(tmp_path):
     params = load_params(path)
     assert params.score.method == "stun" and params.score.expert_sparsity == 0.25
     assert params.promote.min_retention == 0.9
+
+
+def test_an_int_where_a_float_is_expected_is_fine(raw):
+    data = copy.deepcopy(raw)
+    data["score"]["expert_sparsity"] = 0
+    data["promote"]["min_retention"] = 1
+    params = parse_params(data)
+    assert params.score.expert_sparsity == 0.0 and params.promote.min_retention == 1.0
+
+
+def test_error_names_the_file_as_given(tmp_path):
+    path = tmp_path / "vision" / "params.yaml"
+    path.parent.mkdir()
+    path.write_text("score: {seed: -1}\n")
+    with pytest.raises(MoepruneError, match=f"^{path}: score.seed: Input should be greater than or equal to 0"):
+        load_params(path)

@@ -1,7 +1,10 @@
 """Pydantic models for `params.yaml`: one model per section, unknown keys and bad values rejected.
 
 Only this module and the orchestration code (stages register/promote/serve/sweep, `flows/`) read
-params.yaml; every other stage receives its values as CLI flags from `dvc.yaml`.
+params.yaml; every other stage receives its values as CLI flags from `dvc.yaml`. The whole file is
+validated first everywhere: every dvc.yaml stage runs `moeprune check-params` before its command, and
+every flow calls `load_params` before it does anything. Types are strict (`samples: true` and
+`quick: "yes"` are errors, not 1 and True), unknown keys are errors, seeds are >= 0.
 
 Example (the repository's params.yaml is the full, commented version)::
 
@@ -92,16 +95,21 @@ def check_cron(value: str) -> str:
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, values are validated on assignment too."""
+    """Base of every section: unknown keys are errors, values are validated on assignment too.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    Strict: no coercion between YAML types (a bool is not an int, a string is not a bool or a number);
+    an int is still accepted where a float is expected. A field with an alias takes only the alias
+    (`total-sparsity`, the flag dvc.yaml passes on), never its Python name.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class TestbedOptions(Section):
     """Flags of `moeprune testbed` exactly as dvc.yaml unpacks them (`--family`, `--seed`, `--quick`)."""
 
     family: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     quick: bool = False
 
     @field_validator("family")
@@ -134,7 +142,7 @@ class CalibrateSection(Section):
     source: str = "gsm8k-local:runs/testbed/lm/data/train.jsonl"
     samples: int = Field(64, gt=0)
     seq_len: int = Field(128, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("source")
     @classmethod
@@ -153,7 +161,7 @@ class ScoreSection(Section):
 
     method: str = "router-change"
     expert_sparsity: float = 0.5
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("method")
     @classmethod
@@ -366,4 +374,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise MoepruneError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); fix the syntax") from None
-    return parse_params(data, source=path.name)
+    return parse_params(data, source=str(path))
