@@ -134,6 +134,19 @@ def disk_full(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
     monkeypatch.setattr(f"{module}.{attribute}", full)
 
 
+def rust_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk as safetensors' Rust writer reports it (a SafetensorError, not an OSError)."""
+    from safetensors import SafetensorError
+
+    def full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 100)
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'
+        )
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+
+
 # ---- command lines -----------------------------------------------------------------------------------
 
 
@@ -234,6 +247,7 @@ CASES = [
     Case("enospc-calibrate", DISK, lambda w, d, m: disk_full(m, "safetensors.torch:save_file") or calib(w, d), "disk is full"),
     Case("enospc-prune-experts", DISK, lambda w, d, m: disk_full(m, "moeprune.stages.prune_experts:save_model_dir") or prune(w.model, w.scores, d), "disk is full"),
     Case("enospc-score", DISK, lambda w, d, m: disk_full(m, "moeprune.io_utils:os.replace") or score(w, d), "disk is full"),
+    Case("enospc-profile-rust-writer", DISK, lambda w, d, m: rust_disk_full(m) or prof(w.model, w.calib, d), "disk is full"),
     Case("score-unknown-method", ARGS, lambda w, d, m: score(w, d, method="best"), "best"),
     Case("evaluate-unknown-task", ARGS, lambda w, d, m: evaluate(w.model, "mmlu", d), "unknown evaluation task"),
     Case("evaluate-task-data-missing", ARGS, lambda w, d, m: evaluate(w.model, f"perplexity:{d / 'none.txt'}", d), "does not exist"),

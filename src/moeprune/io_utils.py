@@ -12,6 +12,7 @@ permissions (`mkstemp` / `mkdtemp` make them private).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+# How writers outside Python's io (safetensors' Rust writer) report a full disk: "(os error 28)", or
+# "IoError(Os { code: 28, kind: StorageFull, ... })".
+_DISK_FULL = re.compile(r"os error 28\b|code: 28\b|StorageFull|No space left on device")
 
 
 def _tmp_prefix(out: Path) -> str:
@@ -96,6 +100,13 @@ def apply_umask(path: str | os.PathLike) -> None:
             entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
+def disk_full_as_os_error(exc: BaseException, where: Path) -> BaseException:
+    """`exc` as OSError(ENOSPC) when it reports a full disk in other words (else `exc` itself)."""
+    if isinstance(exc, OSError) or not isinstance(exc, Exception) or not _DISK_FULL.search(str(exc)):
+        return exc
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Put the finished `tmp` at `out`; an existing `out` stays (as `.old`) until `tmp` is in place."""
     if not out.exists():
@@ -128,9 +139,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]
         yield tmp
         apply_umask(tmp)
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise disk_full_as_os_error(exc, out) from exc
 
 
 @contextlib.contextmanager
@@ -147,9 +158,9 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         apply_umask(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise disk_full_as_os_error(exc, out) from exc
 
 
 @contextlib.contextmanager
