@@ -189,7 +189,8 @@ def test_leftovers_of_a_running_writer_are_left_alone(tmp_path):
     out = tmp_path / "out"
     alive = tmp_path / f".out.tmp-{os.getppid()}-abc"  # the parent process runs
     dead = tmp_path / ".out.tmp-999999999-abc"
-    for path in (alive, dead, tmp_path / ".other.tmp-999999999-x"):
+    legacy = tmp_path / ".out.tmp-k3j_x9ab"  # an older moeprune's temporary: no pid
+    for path in (alive, dead, legacy, tmp_path / ".other.tmp-999999999-x"):
         path.mkdir()
     clean_leftovers(out)
     assert _entries(tmp_path) == sorted([alive.name, ".other.tmp-999999999-x"])

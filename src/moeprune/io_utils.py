@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+# `.OUT.tmp-PID-xxxx`, `.OUT.old-PID`; before pids were recorded, `.OUT.tmp-xxxxxxxx[.suffix]` (stale).
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<tag>[^-]+)(?:-.*)?$")
 # How writers outside Python's io (safetensors' Rust writer) report a full disk: "(os error 28)", or
 # "IoError(Os { code: 28, kind: StorageFull, ... })".
 _DISK_FULL = re.compile(r"os error 28\b|code: 28\b|StorageFull|No space left on device")
@@ -37,8 +38,12 @@ def _old_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.old-{os.getpid()}")
 
 
-def _writer_gone(pid: int) -> bool:
-    """True when process `pid` no longer runs (or is this one: its earlier writes are over)."""
+def _writer_gone(tag: str) -> bool:
+    """True when the writer `tag` names (its pid) no longer runs, is this process (its earlier writes are
+    over), or is not recorded (a temporary of an older moeprune)."""
+    if not tag.isdigit():
+        return True
+    pid = int(tag)
     if pid == os.getpid():
         return True
     try:
@@ -65,7 +70,7 @@ def leftovers(out: str | os.PathLike) -> list[Path]:
     found = []
     for path in out.parent.iterdir():
         match = _LEFTOVER.match(path.name)
-        if match and match["name"] == out.name and _writer_gone(int(match["pid"])):
+        if match and match["name"] == out.name and _writer_gone(match["tag"]):
             found.append(path)
     return sorted(found)
 
