@@ -71,6 +71,17 @@ def model_copy(ws: Workspace, d: Path, edit: Callable[[Path], object] = lambda _
     return copy
 
 
+def sharded(ws: Workspace, d: Path, edit: Callable[[Path], object]) -> Path:
+    """The workspace model saved in several shards, then edited."""
+    from transformers import AutoModelForCausalLM
+
+    out = d / "sharded"
+    AutoModelForCausalLM.from_pretrained(ws.model).save_pretrained(out, max_shard_size="60KB")
+    assert len(list(out.glob("*.safetensors"))) > 1
+    edit(out)
+    return out
+
+
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -210,6 +221,8 @@ CASES = [
     Case("weights-truncated", MODEL, lambda w, d, m: prune(model_copy(w, d, lambda p: truncate(p / "model.safetensors")), w.scores, d), "is truncated"),
     Case("weights-too-short", MODEL, lambda w, d, m: score(w, d, model_copy(w, d, lambda p: write(p / "model.safetensors", "abc"))), "too short"),
     Case("weights-bad-header", MODEL, lambda w, d, m: evaluate(model_copy(w, d, lambda p: write(p / "model.safetensors", "\x10" + "\0" * 7 + "not json{}{}{}{}")), f"perplexity:{w.problems}", d), "corrupt safetensors header"),
+    Case("shard-missing", MODEL, lambda w, d, m: prune(sharded(w, d, lambda p: sorted(p.glob("model-*.safetensors"))[1].unlink()), w.scores, d), "lacks the shard"),
+    Case("shard-index-broken", MODEL, lambda w, d, m: prof(sharded(w, d, lambda p: write(p / "model.safetensors.index.json", "[]")), w.calib, d), "not a shard index"),
     Case("calib-missing", CALIB, lambda w, d, m: prof(w.model, d / "none.safetensors", d), "does not exist"),
     Case("calib-truncated", CALIB, lambda w, d, m: prof(w.model, calib_copy(w, d, truncate), d), "truncated"),
     Case("calib-not-safetensors", CALIB, lambda w, d, m: wanda(w, write(d / "c.safetensors", "hello"), d), "too short"),

@@ -10,7 +10,7 @@ from torch import nn
 
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
-from moeprune.shards import check_safetensors
+from moeprune.shards import INDEX_FILE, check_safetensors
 
 # Files a model directory holds besides weights that the next stage must keep (tokenizer, processor).
 _NOT_COPIED = {"config.json", "generation_config.json", "moeprune.json", "README.md", "model.safetensors.index.json"}
@@ -48,9 +48,24 @@ def check_model_dir(model_dir: str | Path) -> Path:
         )
     if not files:
         raise MoepruneError(f"'{path}' has no weight files (*.safetensors); pass a complete model directory")
+    _check_index(path)
     for file in files:
         check_safetensors(file)
     return path
+
+
+def _check_index(path: Path) -> None:
+    """Every shard `model.safetensors.index.json` names is there."""
+    index = path / INDEX_FILE
+    if not index.is_file():
+        return
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise MoepruneError(f"'{index}' is not a shard index (no weight_map); re-save the model") from None
+    missing = sorted(name for name in shards if not (path / str(name)).is_file())
+    if missing:
+        raise MoepruneError(f"'{path}' lacks the shard(s) {missing} that {INDEX_FILE} lists; copy them or re-save")
 
 
 def _check_config(config_path: Path) -> None:
