@@ -105,10 +105,10 @@ def apply_umask(path: str | os.PathLike) -> None:
             entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
-def disk_full_as_os_error(exc: BaseException, where: Path) -> BaseException:
-    """`exc` as OSError(ENOSPC) when it reports a full disk in other words (else `exc` itself)."""
+def disk_full_error(exc: BaseException, where: Path) -> OSError | None:
+    """OSError(ENOSPC) for an exception that reports a full disk in other words, else None."""
     if isinstance(exc, OSError) or not isinstance(exc, Exception) or not _DISK_FULL.search(str(exc)):
-        return exc
+        return None
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
 
 
@@ -146,7 +146,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]
         _replace_dir(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_full_as_os_error(exc, out) from exc
+        if (full := disk_full_error(exc, out)) is not None:
+            raise full from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -165,7 +167,9 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, out)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise disk_full_as_os_error(exc, out) from exc
+        if (full := disk_full_error(exc, out)) is not None:
+            raise full from exc
+        raise
 
 
 @contextlib.contextmanager

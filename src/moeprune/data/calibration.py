@@ -268,7 +268,15 @@ def read_calibration_info(path: str | Path) -> dict[str, Any]:
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         raise MoepruneError(f"calibration sidecar {sidecar} is missing; remake {path} with `moeprune calibrate`")
-    return json.loads(sidecar.read_text())
+    try:
+        record = json.loads(sidecar.read_text())
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise MoepruneError(
+            f"calibration sidecar {sidecar} is not a JSON object; remake {path} with `moeprune calibrate`"
+        )
+    return record
 
 
 def calibration_batches(path: str | Path, batch_size: int) -> list[dict[str, torch.Tensor]]:
