@@ -256,6 +256,7 @@ CASES = [
     Case("out-under-a-file", OUT, lambda w, d, m: score(w, d, out=write(d / "f", "") / "s.json"), "lies under the file"),
     Case("out-dot", OUT, lambda w, d, m: m.chdir(d) or ["prune-experts", "--model", str(w.model), "--scores", str(w.scores), "--out", "."], "current directory"),
     Case("testbed-out-has-user-files", OUT, lambda w, d, m: write((d / "out").mkdir() or d / "out" / "notes.txt", "mine") and ["testbed", "lm", "--quick", "--out", str(d / "out")], "--overwrite"),
+    Case("out-sidecar-is-user-file", OUT, lambda w, d, m: write(d / "out.json", "my notes") and calib(w, d), "writes beside --out"),
     Case("out-foreign-json", OUT, lambda w, d, m: write(d / "out", '{"my": "notes"}') and score(w, d), "not an earlier `moeprune score`"),
     Case("enospc-calibrate", DISK, lambda w, d, m: disk_full(m, "safetensors.torch:save_file") or calib(w, d), "disk is full"),
     Case("enospc-prune-experts", DISK, lambda w, d, m: disk_full(m, "moeprune.stages.prune_experts:save_model_dir") or prune(w.model, w.scores, d), "disk is full"),

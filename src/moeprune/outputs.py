@@ -134,7 +134,15 @@ def claim_output(
     """
     out = Path(out)
     _check_place(out, inputs)
-    for path in (out, *map(Path, companions)):
+    companions = [Path(path) for path in companions]
+    for path in (out, *companions):
         clean_leftovers(path)
-    _check_existing(out, stage, OUTPUT_KINDS[stage], overwrite)
+    kind = OUTPUT_KINDS[stage]
+    _check_existing(out, stage, kind, overwrite)
+    for path in companions:
+        if path.exists() and not (overwrite or kind.recognise(out)):
+            raise MoepruneError(
+                f"'{path}', which `moeprune {stage}` writes beside --out, already exists and is not its output; "
+                "choose a new --out, or pass --overwrite to replace both"
+            )
     return out
