@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moeprune.errors import MoepruneError
+from moeprune.testbed.presets import PRESETS
 
 SCORE_METHODS = (
     "router-change",
@@ -106,8 +107,9 @@ class Section(BaseModel):
 
 
 class TestbedOptions(Section):
-    """Flags of `moeprune testbed` exactly as dvc.yaml unpacks them (`--family`, `--seed`, `--quick`)."""
+    """Flags of `moeprune testbed` as dvc.yaml unpacks them (`--preset`, `--family`, `--seed`, `--quick`)."""
 
+    preset: str | None = None
     family: str | None = None
     seed: int = Field(0, ge=0)
     quick: bool = False
@@ -116,6 +118,11 @@ class TestbedOptions(Section):
     @classmethod
     def _family(cls, value: str | None) -> str | None:
         return None if value is None else check_choice(value, TESTBED_FAMILIES, "family")
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str | None) -> str | None:
+        return None if value is None else check_choice(value, tuple(PRESETS), "preset")
 
 
 class TestbedSection(Section):

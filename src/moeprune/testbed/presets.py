@@ -28,6 +28,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     desc: str = "train"
+    balance: bool = True  # add the model's router load-balancing loss (its `router_aux_loss_coef`)
 
 
 @dataclass
@@ -79,7 +80,7 @@ DEFAULT = Plan(
     pretrain_seq_len=256,
     rows_per_kind=2,
     pretrain=TrainConfig(steps=700, batch_size=16, lr=2e-3, warmup_steps=30, desc="pretrain"),
-    adapt=TrainConfig(steps=120, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt"),
+    adapt=TrainConfig(steps=200, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt", balance=False),
 )
 MIXTRAL_8X = replace(
     DEFAULT, family="mixtral", size=ModelSize(intermediate=256, experts=8, top_k=2), notes=["coarse experts"]

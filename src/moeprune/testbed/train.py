@@ -136,7 +136,7 @@ def _schedule(cfg: TrainConfig):
 
 
 def train(model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], cfg: TrainConfig) -> dict:
-    """Train `model` in place on `batches` with AdamW; the router aux loss is added by the model.
+    """Train `model` in place on `batches` with AdamW; the model adds its router aux loss if `cfg.balance`.
 
     Args:
         model: a causal MoE LM; `config.router_aux_loss_coef` weighs the load-balancing loss.
@@ -154,7 +154,7 @@ def train(model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], cfg: T
     losses, tokens, start, cpu_start = [], 0, time.perf_counter(), time.process_time()
     progress = tqdm(batches, desc=cfg.desc, disable=None)
     for step, batch in enumerate(progress):
-        out = model(**batch, output_router_logits=True)
+        out = model(**batch, output_router_logits=cfg.balance)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
