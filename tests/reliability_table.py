@@ -35,7 +35,8 @@ def _crash_rows() -> list[str]:
     for scenario in crashes.CRASH_SCENARIOS:
         torn = " (or is refused as torn, never mixed)" if scenario.torn else ""
         rows.append(
-            f"| kill -9 while writing {scenario.what} | at every filesystem operation, first write and replace "
+            f"| kill -9 while writing {scenario.what} | a simulated kill (that call and every later one fail) at "
+            "each filesystem operation, first write and replace "
             f"| {crashes.OUTCOME.format(torn=torn)} | `test_atomic_writes.py` |"
         )
     return rows
