@@ -39,6 +39,10 @@ def _crash_rows() -> list[str]:
             "each filesystem operation, first write and replace "
             f"| {crashes.OUTCOME.format(torn=torn)} | `test_atomic_writes.py` |"
         )
+    rows.append(
+        f"| {crashes.REAL_KILL} | at each filesystem operation, in a child process "
+        f"| {crashes.OUTCOME.format(torn='')} | `test_atomic_writes.py` |"
+    )
     return rows
 
 

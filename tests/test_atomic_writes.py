@@ -227,3 +227,48 @@ def test_a_file_is_never_replaced_by_a_directory(tmp_path):
     with pytest.raises(IsADirectoryError), atomic_file(tmp_path):
         pass
     assert (tmp_path / "out").read_text() == "mine"
+
+
+REAL_KILL = "a real SIGKILL of a writer process replacing a directory"
+CHILD = """
+import os, shutil, signal, sys
+from pathlib import Path
+from moeprune.io_utils import atomic_dir
+from moeprune.outputs import claim_output
+calls, at = [0], int(sys.argv[2])
+def killing(fn):
+    def op(*args, **kwargs):
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return fn(*args, **kwargs)
+    return op
+for name in ("mkdir", "rename", "chmod", "unlink", "rmdir"):
+    setattr(os, name, killing(getattr(os, name)))
+shutil.rmtree = killing(shutil.rmtree)
+out = Path(sys.argv[1])
+claim_output(out, "report")
+with atomic_dir(out) as tmp:  # what _write_dir(out, 2) writes
+    (tmp / "report.json").write_text('{"context": 2, "groups": {}}')
+    (tmp / "weights.bin").write_bytes(bytes([2]) * 1000)
+"""
+
+
+def test_a_real_kill_9_of_another_process_is_undone_by_the_next_run(tmp_path):
+    """The same check with a real SIGKILL in a child process (its pid is dead when the rerun looks)."""
+    import signal
+    import subprocess
+    import sys
+
+    out, killed_at = tmp_path / "out", []
+    for k in range(100):
+        _write_dir(out, 1)
+        child = subprocess.run([sys.executable, "-c", CHILD, str(out), str(k)])
+        if child.returncode == 0:
+            break
+        assert child.returncode == -signal.SIGKILL
+        killed_at.append(k)
+        assert _read_dir(out) in (1, 2) or any(".old-" in p.name for p in tmp_path.iterdir())
+        _write_dir(out, 3)  # the rerun
+        assert _read_dir(out) == 3 and _entries(tmp_path) == ["out"], f"kill at operation {k}"
+    assert len(killed_at) >= 5
