@@ -1,5 +1,6 @@
-"""Registry runs are always closed: FAILED on an error, KILLED by the next registration after kill -9;
-the store lock: where it lives, that it is held across processes, and that a killed holder frees it."""
+"""Registry runs are always closed: FAILED on an error or SIGTERM, KILLED by the next registration after
+kill -9; the store lock: where it lives, that it is held across processes, that a killed holder frees it;
+a store that cannot be opened is one error line."""
 
 from __future__ import annotations
 
@@ -168,3 +169,9 @@ def test_lock_held_by_another_process_waits_then_names_the_lock(uri, tmp_path, m
         process.wait(timeout=30)
     with store.store_lock(uri), store.store_lock(uri):  # free again, and re-entrant
         pass
+
+
+def test_a_store_that_is_not_a_database_is_one_clear_error(tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a sqlite file")
+    with pytest.raises(MoepruneError, match=r"mlflow\.db could not be opened \(.*file is not a database\)"):
+        registry.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")

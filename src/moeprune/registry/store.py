@@ -124,11 +124,20 @@ def mlflow_client(uri: str) -> Any:
     """
     check_server(uri)
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)  # opens (and, when new, migrates) the tracking store
-        client.search_registered_models(max_results=1)  # the same for the model registry store
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)  # opens (and, when new, migrates) the tracking store
+            client.search_registered_models(max_results=1)  # the same for the model registry store
+        except (MlflowException, SQLAlchemyError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MoepruneError(
+                f"MLflow store {uri} could not be opened ({reason}); point --tracking-uri / "
+                f"registry.tracking_uri at a working store, or move this one aside to start a new one"
+            ) from None
     return client
 
 
