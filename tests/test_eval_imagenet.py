@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification
+from moeprune.data.digits import map_folders_to_labels
 from moeprune.errors import MoepruneError
-from moeprune.evaluation.imagenet import count_topk_hits, evaluate_imagenet, map_folders_to_labels
+from moeprune.evaluation.imagenet import count_topk_hits, evaluate_imagenet
 from moeprune.testbed.vision import make_image_processor
 
 # Label order of the model; the bias makes every image's ranking dog > cat > emu > fox > gnu > yak > owl.

@@ -28,18 +28,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-NOT_BUILT_EXIT = 2
-
 
 def _call(stage: str, **kwargs: Any) -> Any:
     """Run `moeprune.stages.<stage>.run(**kwargs)`, turning user errors into one line and exit 1."""
-    try:
-        module = importlib.import_module(f"moeprune.stages.{stage}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"moeprune.stages.{stage}":
-            raise
-        typer.echo(f"moeprune: the '{stage}' stage is not built yet", err=True)
-        raise typer.Exit(NOT_BUILT_EXIT) from None
+    module = importlib.import_module(f"moeprune.stages.{stage}")
     try:
         return module.run(**kwargs)
     except MoepruneError as exc:
@@ -157,16 +149,14 @@ def profile(
     )
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def _split_options(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` pairs as strings; `stages.score.coerce_options` turns the values into bools and numbers."""
+    options: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise typer.BadParameter(f"--option wants KEY=VALUE, got '{pair}'")
         key, value = pair.split("=", 1)
-        try:
-            options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-        except ValueError:
-            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        options[key] = value
     return options
 
 
@@ -202,7 +192,7 @@ def score(
         reference=reference,
         calib=calib,
         seed=seed,
-        options=_parse_options(option or []),
+        options=_split_options(option or []),
         device=device,
         overwrite=overwrite,
     )

@@ -1,4 +1,5 @@
-"""Real handwritten digits as an ImageFolder tree, and a reader for any ImageFolder tree.
+"""Real handwritten digits as an ImageFolder tree, and a reader for any ImageFolder tree (its images, and
+the model label of each class folder).
 
 scikit-learn ships the UCI handwritten digits (1,797 8x8 grayscale images, 10 classes) inside the package,
 so this works offline. `export_digits_imagefolder` upsamples them to 32x32 grayscale PNGs (bilinear,
@@ -121,3 +122,28 @@ def read_image(path: Path, num_channels: int) -> Image.Image:
     """Open one image as grayscale (`num_channels` 1) or RGB (3), the mode a model's processor expects."""
     with Image.open(path) as image:
         return image.convert("L" if num_channels == 1 else "RGB")
+
+
+def map_folders_to_labels(classes: list[str], label2id: dict[str, int], num_labels: int) -> list[int]:
+    """Model label index of each class folder.
+
+    Args:
+        classes: Class folder names, sorted.
+        label2id: The model's `config.label2id`.
+        num_labels: Number of outputs of the classifier.
+
+    Returns:
+        `label_of[i]` = model label of folder `classes[i]`: through `label2id` when every folder name is a
+        label, else `i` (sorted folder order).
+
+    Raises:
+        MoepruneError: More folders than the model has labels, when names do not match.
+    """
+    if label2id and all(name in label2id for name in classes):
+        return [int(label2id[name]) for name in classes]
+    if len(classes) > num_labels:
+        raise MoepruneError(
+            f"the image folder has {len(classes)} classes but the model predicts {num_labels} labels and the "
+            "folder names are not its labels; name the folders after config.id2label"
+        )
+    return list(range(len(classes)))

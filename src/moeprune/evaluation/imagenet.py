@@ -12,34 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from moeprune.data.digits import load_imagefolder, read_image
+from moeprune.data.digits import load_imagefolder, map_folders_to_labels, read_image
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
-
-
-def map_folders_to_labels(classes: list[str], label2id: dict[str, int], num_labels: int) -> list[int]:
-    """Model label index of each class folder.
-
-    Args:
-        classes: Class folder names, sorted.
-        label2id: The model's `config.label2id`.
-        num_labels: Number of outputs of the classifier.
-
-    Returns:
-        `label_of[i]` = model label of folder `classes[i]`: through `label2id` when every folder name is a
-        label, else `i` (sorted folder order).
-
-    Raises:
-        MoepruneError: More folders than the model has labels, when names do not match.
-    """
-    if label2id and all(name in label2id for name in classes):
-        return [int(label2id[name]) for name in classes]
-    if len(classes) > num_labels:
-        raise MoepruneError(
-            f"the image folder has {len(classes)} classes but the model predicts {num_labels} labels and the "
-            "folder names are not its labels; name the folders after config.id2label"
-        )
-    return list(range(len(classes)))
 
 
 def select_subset(num_images: int, limit: int | None, seed: int = 0) -> list[int]:

@@ -68,6 +68,6 @@ class Registry:
 SCORERS = Registry()
 
 # Importing the method modules registers them.
-from moeprune.scoring import frequency, naee, random, reap, router_change, stun  # noqa: E402,F401
+from moeprune.scoring import frequency, naee, random_scores, reap, router_change, stun  # noqa: E402,F401
 
 __all__ = ["SCORERS", "LayerScores", "Registry", "Scorer", "ScoringContext", "keep_count", "select_keep"]

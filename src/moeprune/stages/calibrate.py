@@ -85,8 +85,7 @@ def token_documents(prefix: str, argument: str) -> tuple[list[str], str]:
 
 def image_source(prefix: str, argument: str, config) -> tuple[int, Callable[[list[int]], list], list[int], str]:
     """(number of images, `fetch(indices) -> PIL images`, model label per image, source sha256)."""
-    from moeprune.data.digits import load_imagefolder, read_image
-    from moeprune.evaluation.imagenet import map_folders_to_labels
+    from moeprune.data.digits import load_imagefolder, map_folders_to_labels, read_image
 
     channels = int(getattr(config, "num_channels", 3))
     if prefix == "imagefolder:":

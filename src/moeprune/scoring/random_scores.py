@@ -5,6 +5,8 @@ order; the keep-set is the top scores (within each routing group for DeepSeek), 
 the same keep-sets.
 
     score: {method: random, expert_sparsity: 0.5, seed: 0}
+
+The module is `random_scores`, not `random`, so that it never shadows the standard library's `random`.
 """
 
 from __future__ import annotations
