@@ -2,13 +2,7 @@
 
     moeprune score --model M --method NAME [--profile P] [--reference R] [--calib F] --expert-sparsity S --out J
 
-writes `J`:
-
-    {"method": "reap", "expert_sparsity": 0.5, "num_experts": 8, "keep_per_layer": 4,
-     "layers": {"0": {"scores": [...one per expert...], "keep": [sorted kept indices]}, ...},
-     "forward_passes": 0, "seconds": 0.12, "seed": 0, "options": {}, "family": "mixtral",
-     "model": "...", "model_sha256": "...", "profile": "...", "profile_sha256": "...",
-     "reference": null, "calibration_sha256": null, "notes": [...], <method details>}
+writes the scores file `J` through `moeprune.scoring.scores_file` (its schema is there).
 """
 
 from __future__ import annotations
@@ -23,12 +17,13 @@ from moeprune.arch import get_adapter, load_model, validate_keep_sets, weights_s
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_file, write_json
+from moeprune.io_utils import sha256_file
 from moeprune.outputs import claim_output
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
 from moeprune.scoring import SCORERS, Scorer, ScoringContext
 from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
+from moeprune.scoring.scores_file import layer_record, write_scores
 from moeprune.shards import check_safetensors
 
 CALIB_BATCH_SIZE = 8
@@ -112,13 +107,6 @@ def _open_model(model: Path, method: str, options: dict[str, Any], device: torch
     return load_model(model, device=device)
 
 
-def _layer_record(entry) -> dict[str, Any]:
-    record = {"scores": entry.scores, "keep": entry.keep}
-    if entry.merge:
-        record["merge"] = {str(kept): members for kept, members in entry.merge.items()}
-    return record
-
-
 def run(
     model: Path,
     method: str,
@@ -169,7 +157,7 @@ def run(
         "expert_sparsity": float(expert_sparsity),
         "num_experts": adapter.layers[0].num_experts,
         "keep_per_layer": counts[0] if len(counts) == 1 else {str(i): len(e.keep) for i, e in layers.items()},
-        "layers": {str(index): _layer_record(entry) for index, entry in sorted(layers.items())},
+        "layers": {str(index): layer_record(entry) for index, entry in sorted(layers.items())},
         "forward_passes": ctx.forward_passes,
         "device": str(torch_device),
         "seconds": round(time.perf_counter() - start, 3),
@@ -185,5 +173,4 @@ def run(
         "notes": _notes(ctx, layers),
         **ctx.extra,
     }
-    write_json(out, record)
-    return record
+    return write_scores(out, record)
