@@ -1,7 +1,7 @@
 """Deployments with cron schedules (params.yaml `schedules:`): the nightly sweep, promotion after it.
 
-`moeprune serve` serves them from this process; `infra/prefect.yaml` declares the same two for
-`prefect deploy` + a worker.
+`python -m flows.serve` (or `moeprune serve`) serves them from this process; `infra/prefect.yaml`
+declares the same two for `prefect deploy` + a worker.
 """
 
 from __future__ import annotations

@@ -3,11 +3,15 @@ point a DVC experiment (`dvc exp run --temp -S ...`), run in parallel through a 
 
 Locally a ThreadPoolTaskRunner (params.yaml `sweep.max_workers`); with `dask_address` the points run
 on that Dask cluster through prefect-dask (the workers need this repository at the same path).
+
+    python -m flows.sweep [--params params.yaml] [--dask-address tcp://HOST:8786]   # or: moeprune sweep
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import exit_code
 from moeprune.config import SweepSection, load_params
 from moeprune.errors import MoepruneError
 from moeprune.registry import resolve_tracking_uri
+from moeprune.registry.tags import repo_root
 from tasks.stages import existing_experiments, run_experiment
 
 DASK_PINS = "prefect-dask==0.3.7 'dask[distributed]==2026.8.0'"
@@ -121,5 +127,32 @@ def nightly_sweep(root: str = ".", pipeline_dir: str = ".", dask_address: str | 
     return results
 
 
+def sweep_params_file(params: str | Path | None = None, dask_address: str | None = None) -> list[dict[str, Any]]:
+    """The sweep of one params file (default ./params.yaml) in its repository; one result per point.
+
+    Raises:
+        MoepruneError: a bad params file, or experiments that failed (named).
+    """
+    params_file = Path(params or "params.yaml").resolve()
+    load_params(params_file)
+    root = repo_root(params_file.parent)
+    pipeline_dir = str(params_file.parent.relative_to(root)) if params_file.parent != root else "."
+    results = nightly_sweep(str(root), pipeline_dir, dask_address)
+    failed = [r["name"] for r in results if not r["ok"]]
+    print(f"sweep: {len(results) - len(failed)} of {len(results)} experiments done", file=sys.stderr)
+    if failed:
+        raise MoepruneError(f"sweep: experiments failed: {', '.join(failed)}; see the Prefect logs")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.sweep [--params P] [--dask-address ADDR]`."""
+    parser = argparse.ArgumentParser(prog="python -m flows.sweep", description="Run the params.yaml sweep grid.")
+    parser.add_argument("--params", default=None, help="params.yaml (sweep grid; default ./params.yaml)")
+    parser.add_argument("--dask-address", default=None, help="run on this Dask cluster (tcp://HOST:8786)")
+    args = parser.parse_args(argv)
+    return exit_code(sweep_params_file, args.params, args.dask_address)
+
+
 if __name__ == "__main__":
-    nightly_sweep()
+    sys.exit(main())

@@ -6,10 +6,10 @@ In order (the tests share the module's repository and MLflow sqlite store):
    model are registered and the results table is published as a Prefect artifact;
 2. a params change: `dvc status` names only the stages after expert pruning, `dvc repro` reruns only
    them, `dvc metrics show` lists the metrics;
-3. `moeprune sweep`'s function: a 2-point grid as `dvc exp run -S` experiments on a Dask LocalCluster
-   through prefect-dask; no model is registered twice;
+3. `python -m flows.sweep`'s function (what `moeprune sweep` runs): a 2-point grid as `dvc exp run -S`
+   experiments on a Dask LocalCluster through prefect-dask; no model is registered twice;
 4. the promote flow as a deployment with a cron schedule, one run executed by a runner (dry run);
-5. `moeprune serve`'s deployments and infra/prefect.yaml agree with params.yaml; the CLI doors exist.
+5. `moeprune serve`'s deployments and infra/prefect.yaml agree with params.yaml; the CLI doors run the flows.
 """
 
 from __future__ import annotations
@@ -189,9 +189,9 @@ def dask_address():
 
 
 def test_sweep_runs_grid_as_dvc_experiments_on_dask(repo, pipeline_runs, dask_address):
-    from moeprune.stages.sweep import run as sweep_stage
+    from flows.sweep import sweep_params_file
 
-    results = sweep_stage(params=repo / "params.yaml", dask_address=dask_address)
+    results = sweep_params_file(params=repo / "params.yaml", dask_address=dask_address)
     assert {r["name"] for r in results} == POINTS and all(r["ok"] for r in results)
     table = read_artifact("moeprune-sweep")
     assert all(f"| {name} | True |" in table for name in POINTS)
@@ -264,7 +264,7 @@ def test_serve_deployments_match_params_and_infra_yaml():
     assert infra == crons
 
 
-def test_cli_doors_of_sweep_and_serve():
+def test_cli_doors_of_sweep_and_serve(tmp_path):
     from typer.testing import CliRunner
 
     from moeprune.cli import app
@@ -272,3 +272,11 @@ def test_cli_doors_of_sweep_and_serve():
     for command, flag in (("sweep", "--dask-address"), ("serve", "--params")):
         result = CliRunner().invoke(app, [command, "--help"])
         assert result.exit_code == 0 and flag in result.output
+        assert flag in run([sys.executable, "-m", f"flows.{command}", "--help"], ROOT)
+    bad = tmp_path / "params.yaml"
+    bad.write_text("kind: lm\nnot_a_section: 1\n")
+    for command in ("sweep", "serve"):  # `moeprune X` runs `python -m flows.X`: its error line and status
+        child = [sys.executable, "-m", "moeprune.cli", command, "--params", str(bad)]
+        result = subprocess.run(child, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+        assert result.stderr.count("\n") == 1 and str(bad) in result.stderr

@@ -306,19 +306,26 @@ def promote(
     _call("promote", params=params, tracking_uri=tracking_uri, dry_run=dry_run)
 
 
+def _flow(flow: str, **options: Any) -> None:
+    """Run `python -m flows.<flow>` (`stages.flows_door`); exit with its status when it failed."""
+    status = _call("flows_door", flow=flow, options=options)
+    if status:
+        raise typer.Exit(status)
+
+
 @app.command()
 def sweep(
     params: Annotated[Path | None, typer.Option(help="params.yaml (sweep grid).")] = None,
     dask_address: Annotated[str | None, typer.Option("--dask-address", help="Run on this Dask cluster.")] = None,
 ) -> None:
-    """Run the sweep grid as DVC experiments through a Prefect flow."""
-    _call("sweep", params=params, dask_address=dask_address)
+    """Run the sweep grid as DVC experiments through a Prefect flow (`python -m flows.sweep`)."""
+    _flow("sweep", params=params, dask_address=dask_address)
 
 
 @app.command()
 def serve(params: Annotated[Path | None, typer.Option(help="params.yaml (schedules).")] = None) -> None:
-    """Serve the Prefect deployments (nightly sweep, promotion) with their cron schedules."""
-    _call("serve", params=params)
+    """Serve the Prefect deployments (nightly sweep, promotion) with their cron schedules (`python -m flows.serve`)."""
+    _flow("serve", params=params)
 
 
 @app.command()
