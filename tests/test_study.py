@@ -212,3 +212,16 @@ def test_naee_points_only_where_keep_sets_are_enumerable(tmp_path):
     assert "C(64, 48)" in record["not_run"][0]["reason"]
     quick_points = study_points(Layout(tmp_path, quick))
     assert {p.expert_sparsity for p in quick_points if p.expert_method == "naee"} == {0.25, 0.5}
+
+
+def test_report_shows_the_lm_testbed_diagnostics(quick_study):
+    root, _ = quick_study
+    report = (root / "report" / "report.md").read_text()
+    section = report.split("### The LM testbed of this run", 1)[1].split("\n### ", 1)[0]
+    testbed = json.loads((root / "lm" / "testbed.json").read_text())
+    for kind in testbed["data"]["kinds"]:
+        assert f"| {kind} | {testbed['unigram_perplexity'][kind]:.1f} |" in section
+    nmi = testbed["diagnostics"]["finetuned"]["routing"]["layers"]["0"]["nmi"]
+    assert f"| finetuned | {nmi:.3f} |" in section
+    for model in ("pretrained", "finetuned"):
+        assert (root / "report" / f"testbed_routing_{model}.png").read_bytes()[:8] == PNG_MAGIC

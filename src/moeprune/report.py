@@ -79,6 +79,8 @@ class Group:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     requested: dict[str, Any] = field(default_factory=dict)  # {"expert": {label: [s...]}, "total": {...}}
     not_run: list[dict[str, Any]] = field(default_factory=list)  # [{"method", "expert_sparsity", "reason"}]
+    testbed_dir: str | None = None  # the study's testbed folder (its testbed.json feeds the testbed section)
+    testbed_heatmaps: dict[str, str] = field(default_factory=dict)  # model -> heat map file beside the report
 
     @property
     def metric(self) -> str:
@@ -226,6 +228,7 @@ def load_study_results(study: dict[str, Any], tracking_uri: str | None = None) -
                 comparisons=list(spec.get("comparisons") or []),
                 requested=dict(spec.get("requested") or {}),
                 not_run=list(spec.get("not_run") or []),
+                testbed_dir=spec.get("testbed"),
             )
         )
     return groups

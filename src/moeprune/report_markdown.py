@@ -22,6 +22,7 @@ from moeprune.report import (
     scoring_costs,
     sparsity_of,
 )
+from moeprune.report_testbed import read_testbed, testbed_lines
 
 PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
 SHORT_NAMES = {
@@ -192,6 +193,8 @@ def group_section(group: Group, files: dict[str, str], context: dict[str, str]) 
     lines += comparison_section(group, context)
     lines += pareto_section(group, files, context)
     lines += cost_section(group, files, context)
+    if group.testbed_dir and (record := read_testbed(group.testbed_dir)):
+        lines += testbed_lines(record, group.testbed_heatmaps)
     for entry in group.not_run:
         where = f"{entry['method']} at {percent(entry['expert_sparsity'])} expert sparsity"
         lines += [f"**Not run**: {where}: {entry['reason']}.", ""]

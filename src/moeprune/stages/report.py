@@ -34,6 +34,7 @@ from moeprune.report import (
 )
 from moeprune.report_markdown import render
 from moeprune.report_plots import write_group_plots
+from moeprune.report_testbed import copy_heatmaps, read_testbed
 
 REPORT_FILE = "report.md"
 DATA_FILE = "report.json"
@@ -142,6 +143,9 @@ def run(
     }
     with atomic_dir(out) as tmp:
         files = {group.key: write_group_plots(group, tmp, context["report_command"]) for group in groups}
+        for group in groups:
+            if group.testbed_dir and read_testbed(group.testbed_dir):
+                group.testbed_heatmaps = copy_heatmaps(group.testbed_dir, tmp)
         (tmp / REPORT_FILE).write_text(render(groups, files, context))
         data = {"context": context, "groups": {group.key: group_data(group) for group in groups}, "files": files}
         (tmp / DATA_FILE).write_text(json.dumps(data, indent=2) + "\n")

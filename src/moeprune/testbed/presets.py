@@ -66,7 +66,7 @@ class Plan:
     adapt: TrainConfig
     adapt_max_len: int = 640
     heldout_rows: int = 32
-    router_aux_loss_coef: float = 0.01
+    router_aux_loss_coef: float = 0.001  # transformers' Qwen3MoeConfig and MixtralConfig default
     notes: list[str] = field(default_factory=list)
 
 
