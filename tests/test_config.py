@@ -12,6 +12,17 @@ from moeprune.config import load_params, parse_params
 from moeprune.errors import MoepruneError
 
 ROOT = Path(__file__).resolve().parents[1]
+# README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.
+RELIABILITY_ROWS = [
+    (
+        "bad params.yaml value",
+        "out of range, unknown method / task / source / family / key, bad N:M or cron, strict types "
+        "(bool or 2.5 for an int, `'yes'` / `'true'` / 1 for a bool, `'0.5'` / bool for a float, 7 for a string), "
+        "negative seeds, a missing file, invalid YAML",
+        "an error naming the file and the key (`params.yaml: score.seed: …`), or saying the file is missing or "
+        "not valid YAML; types are not coerced (an int where a float is expected is fine)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

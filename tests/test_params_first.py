@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # flows/ and tasks/ live beside src/
 CHECK = "moeprune check-params --params params.yaml"
 SCRIPTS = Path(sys.executable).parent
+# README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.
+RELIABILITY_ROWS = [
+    (
+        "misspelt params.yaml key beside the real one",
+        "`score.expert_sparsty: 0.25` under `dvc repro`, `moeprune check-params` and the pipeline, sweep, "
+        "promote and demo flows",
+        "every DVC stage runs `moeprune check-params` first: `dvc repro` stops at the first stage with one "
+        "`error:` line naming the file and the key, before anything is written; every flow fails before any work",
+    ),
+]
 
 
 def misspelt(folder: Path, source: Path = ROOT / "params.yaml") -> Path:

@@ -22,6 +22,16 @@ ROUNDS = int(os.environ.get("MOEPRUNE_STRESS_ROUNDS", "1"))
 PROCESSES, MODELS = 8, 4
 NAME = "lm-finetuned-pruned"
 MOEPRUNE = str(Path(sys.executable).parent / "moeprune")
+# README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.
+RELIABILITY_ROWS = [
+    (
+        "concurrent registrations on one new sqlite MLflow store",
+        f"{PROCESSES} real `moeprune register` processes at once, two per model, for {MODELS} pruned children "
+        "of one base not registered yet (all race to register the base); 1 round in the suite, 10 in `make stress`",
+        "every process exits 0; one base version and one version per child's weights (sha256), each child's "
+        "parent the base; one run per version, all FINISHED; a later registration still works",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

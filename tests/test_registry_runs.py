@@ -19,6 +19,36 @@ from moeprune.errors import MoepruneError
 from moeprune.registry import runs, store, versions
 
 NAME = "lm-finetuned-pruned"
+# README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.
+RELIABILITY_ROWS = [
+    (
+        "a registration failing inside its MLflow run",
+        "the upload raising `OSError` (disk full)",
+        "the run ends FAILED and no model version is created; the retry registers and its run ends FINISHED",
+    ),
+    (
+        "SIGTERM to a registration",
+        "a real `register` process stopped inside its run",
+        "the run is ended FAILED before the process exits (exit 143)",
+    ),
+    (
+        "kill -9 of a registration",
+        "a real `register` process stopped inside its run; orphaned runs: dead pid, reused pid, live process, "
+        "another host, no tags",
+        "the run stays RUNNING until the next registration, which goes ahead (the kill freed the store lock) "
+        "and marks it KILLED naming the gone pid; only runs of gone processes on this host are marked",
+    ),
+    (
+        "store lock held by another registration",
+        "a process holding the lock past the (shortened) timeout",
+        "the registration waits, then fails with an error naming the lock file (`mlflow.db.lock`)",
+    ),
+    (
+        "a store that is not a database",
+        "an `mlflow.db` holding text",
+        "a `MoepruneError` naming the store: `mlflow.db could not be opened (… file is not a database)`",
+    ),
+]
 # `moeprune register`'s stage, stopped inside its run (after writing `started`) until it is killed.
 STUCK_REGISTER = """
 import sys, time
