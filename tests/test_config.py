@@ -34,7 +34,7 @@ def test_repository_params_load():
     params = load_params(ROOT / "params.yaml")
     assert params.kind == "lm"
     assert 0 <= params.score.expert_sparsity < 1
-    assert params.prune_unstructured.options.total_sparsity == 0.6
+    assert params.prune_unstructured.options.total_sparsity == 0.4
     assert params.promote.objective[0] == "total_sparsity"
 
 

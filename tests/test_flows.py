@@ -63,6 +63,7 @@ def write_quick_params(repo: Path) -> None:
     params["calibrate"].update(samples=8, seq_len=64)
     params["evaluate"].update(limit=4, batch_size=4)
     params["prune_unstructured"] = {"method": "magnitude", "options": {"total-sparsity": 0.6}}
+    params["score"].update(method="router-change", expert_sparsity=0.5)
     params["registry"]["tracking_uri"] = f"sqlite:///{repo / 'mlflow.db'}"
     params["sweep"] = SWEEP
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
