@@ -256,13 +256,20 @@ def prune_unstructured(
 def evaluate(
     model: ModelOpt,
     task: Annotated[
-        str, typer.Option(help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR (comma-separated).")
+        str,
+        typer.Option(
+            help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR, lm-eval:NAME[+NAME...] (comma-separated)."
+        ),
     ],
     out: OutOpt,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
+    include_path: Annotated[
+        Path | None, typer.Option("--include-path", help="Folder of lm-eval task YAMLs (lm-eval: tasks).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="lm-eval backend for lm-eval: tasks: hf or vllm.")] = "hf",
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
     _call(
@@ -274,6 +281,8 @@ def evaluate(
         batch_size=batch_size,
         device=device,
         overwrite=overwrite,
+        include_path=include_path,
+        backend=backend,
     )
 
 

@@ -4,9 +4,12 @@
     gsm8k-local:PATH    a GSM8K-schema JSONL through lm-eval with gsm8k's prompt and filters
     perplexity:PATH     perplexity on plain text or JSONL (`text`, or `question` + `answer`)
     imagenet:DIR        top-1 / top-5 on an ImageFolder tree DIR/<class>/<image>
+    lm-eval:NAME[+NAME] lm-eval's own task(s) by name; `--include-path DIR` adds the task YAMLs under DIR
 
 Several tasks may be given at once, comma-separated (`gsm8k-local:test.jsonl,perplexity:test.jsonl`).
-A new task is one function decorated with `@register_task("name", metrics="prefix", argument="PATH")`.
+A new task is one function decorated with `@register_task("name", metrics="prefix", argument="PATH")`,
+called as `fn(model_dir, argument, limit, batch_size, device, include_path=..., backend=...)` (the two
+options are lm-eval's; other tasks ignore them).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 
 from moeprune.errors import MoepruneError
 
-Evaluator = Callable[[Path, "Path | None", "int | None", int, str], dict[str, Any]]
+Evaluator = Callable[..., dict[str, Any]]
+Checker = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -27,16 +31,20 @@ class Task:
 
     Attributes:
         name: The name before the colon (`gsm8k-local`).
-        argument: What follows the colon (`PATH`, `DIR`), or None for a task without one.
-        evaluate: `evaluate(model_dir, path, limit, batch_size, device) -> flat metrics`.
+        argument: What follows the colon (`PATH`, `DIR`, `NAME`), or None for a task without one.
+        evaluate: `evaluate(model_dir, argument, limit, batch_size, device, **options) -> flat metrics`.
         metrics: The prefix of its metric names (`gsm8k` for `gsm8k.exact_match_strict`); two tasks
             with the same prefix cannot run together.
+        is_path: whether the argument is a path that must exist (`lm-eval:NAME` is not).
+        check: `check(argument, include_path=..., backend=...)`, run before any model is loaded.
     """
 
     name: str
     argument: str | None
     evaluate: Evaluator
     metrics: str
+    is_path: bool = True
+    check: Checker | None = None
 
     @property
     def usage(self) -> str:
@@ -46,42 +54,66 @@ class Task:
 TASKS: dict[str, Task] = {}
 
 
-def register_task(name: str, metrics: str, argument: str | None = None) -> Callable[[Evaluator], Evaluator]:
-    """Register `fn(model_dir, path, limit, batch_size, device)` as task `name` (`name:ARGUMENT` if it takes one)."""
+def register_task(
+    name: str, metrics: str, argument: str | None = None, is_path: bool = True, check: Checker | None = None
+) -> Callable[[Evaluator], Evaluator]:
+    """Register `fn(model_dir, argument, limit, batch_size, device, **options)` as task `name`."""
 
     def decorator(fn: Evaluator) -> Evaluator:
-        TASKS[name] = Task(name, argument, fn, metrics)
+        TASKS[name] = Task(name, argument, fn, metrics, is_path, check)
         return fn
 
     return decorator
 
 
 @register_task("gsm8k", metrics="gsm8k")
-def _gsm8k(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
+def _gsm8k(
+    model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
+) -> dict[str, Any]:
     from moeprune.evaluation.gsm8k import evaluate_gsm8k
 
     return evaluate_gsm8k(model_dir, None, limit, batch_size, device=device)
 
 
 @register_task("gsm8k-local", metrics="gsm8k", argument="PATH")
-def _gsm8k_local(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
+def _gsm8k_local(
+    model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
+) -> dict[str, Any]:
     from moeprune.evaluation.gsm8k import evaluate_gsm8k
 
     return evaluate_gsm8k(model_dir, path, limit, batch_size, device=device)
 
 
 @register_task("perplexity", metrics="perplexity", argument="PATH")
-def _perplexity(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
+def _perplexity(
+    model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
+) -> dict[str, Any]:
     from moeprune.evaluation.perplexity import evaluate_perplexity
 
     return evaluate_perplexity(model_dir, path, limit, batch_size, device=device)
 
 
 @register_task("imagenet", metrics="imagenet", argument="DIR")
-def _imagenet(model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
+def _imagenet(
+    model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
+) -> dict[str, Any]:
     from moeprune.evaluation.imagenet import evaluate_imagenet
 
     return evaluate_imagenet(model_dir, path, limit, batch_size, device=device)
+
+
+def _check_lm_eval(argument: str, include_path: Path | None = None, backend: str = "hf") -> None:
+    from moeprune.evaluation.lm_eval_tasks import check_backend, check_tasks, task_names
+
+    check_backend(backend)
+    check_tasks(task_names(argument), include_path)
+
+
+@register_task("lm-eval", metrics="lm-eval", argument="NAME[+NAME...]", is_path=False, check=_check_lm_eval)
+def _lm_eval(model_dir: Path, names: str, limit: int | None, batch_size: int, device: str, **options: Any) -> dict:
+    from moeprune.evaluation.lm_eval_tasks import evaluate_lm_eval, task_names
+
+    return evaluate_lm_eval(model_dir, task_names(names), limit, batch_size, device, **options)
 
 
 def valid_tasks() -> str:
@@ -89,8 +121,8 @@ def valid_tasks() -> str:
     return ", ".join(task.usage for task in TASKS.values())
 
 
-def parse_task(spec: str) -> tuple[Task, Path | None]:
-    """The task and its path for one `--task` string; the path must exist.
+def parse_task(spec: str) -> tuple[Task, Path | str | None]:
+    """The task and its argument for one `--task` string; a path argument must exist.
 
     Raises:
         MoepruneError: unknown task (the message lists the valid ones), missing or unexpected argument,
@@ -106,13 +138,15 @@ def parse_task(spec: str) -> tuple[Task, Path | None]:
         return task, None
     if not argument:
         raise MoepruneError(f"task {name!r} needs a {task.argument}; write it as `{task.usage}`")
+    if not task.is_path:
+        return task, argument
     path = Path(argument)
     if not path.exists():
         raise MoepruneError(f"{task.argument} {path} of task {spec!r} does not exist; pass an existing one")
     return task, path
 
 
-def parse_tasks(specs: str) -> list[tuple[Task, Path | None]]:
+def parse_tasks(specs: str) -> list[tuple[Task, Path | str | None]]:
     """Every task of a comma-separated `--task` string, each validated; a task name may appear once."""
     parsed = [parse_task(spec) for spec in specs.split(",") if spec.strip()]
     if not parsed:
@@ -126,9 +160,23 @@ def parse_tasks(specs: str) -> list[tuple[Task, Path | None]]:
     return parsed
 
 
-def run_tasks(model_dir: Path, specs: str, limit: int | None, batch_size: int, device: str = "auto") -> dict[str, Any]:
-    """Run every task of a comma-separated `--task` string on one model; merge their flat metrics."""
+def check_tasks(specs: str, **options: Any) -> list[tuple[Task, Path | str | None]]:
+    """`parse_tasks`, then each task's own check (lm-eval: backend and task names) with `options`."""
+    parsed = parse_tasks(specs)
+    for task, argument in parsed:
+        if task.check is not None:
+            task.check(argument, **options)
+    return parsed
+
+
+def run_tasks(
+    model_dir: Path, specs: str, limit: int | None, batch_size: int, device: str = "auto", **options: Any
+) -> dict[str, Any]:
+    """Run every task of a comma-separated `--task` string on one model; merge their flat metrics.
+
+    `options` (`include_path`, `backend`) go to every task; only lm-eval's use them.
+    """
     metrics: dict[str, Any] = {}
-    for task, path in parse_tasks(specs):
-        metrics.update(task.evaluate(Path(model_dir), path, limit, batch_size, device))
+    for task, argument in parse_tasks(specs):
+        metrics.update(task.evaluate(Path(model_dir), argument, limit, batch_size, device, **options))
     return metrics
