@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moeprune.errors import MoepruneError
 from moeprune.testbed.presets import PRESETS
+from moeprune.validation import check_fraction, parse_nm
 
 SCORE_METHODS = (
     "router-change",
@@ -50,26 +51,6 @@ OBJECTIVE_KEYS = (
     "active_params_per_token",
 )
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
-
-
-def check_fraction(value: float) -> float:
-    """A sparsity: a fraction in [0, 1)."""
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def check_nm(value: str | None) -> str | None:
-    """An N:M pattern such as "2:4" with 0 < N < M."""
-    if value is None:
-        return None
-    match = re.fullmatch(r"(\d+):(\d+)", str(value))
-    if not match:
-        raise ValueError(f"must look like N:M (e.g. 2:4), got {value!r}")
-    n, m = int(match.group(1)), int(match.group(2))
-    if not 0 < n < m:
-        raise ValueError(f"needs 0 < N < M, got {value!r}")
-    return value
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -201,7 +182,9 @@ class UnstructuredOptions(Section):
     @field_validator("nm")
     @classmethod
     def _nm(cls, value: str | None) -> str | None:
-        return check_nm(value)
+        if value is not None:
+            parse_nm(value)
+        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> UnstructuredOptions:

@@ -10,9 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from moeprune.io_utils import sha256_file, write_json
+from moeprune.io_utils import sha256_file, weights_sha256, write_json
 
 LINEAGE_FILE = "moeprune.json"
 _PACKAGES = ("moeprune", "torch", "transformers", "safetensors", "lm_eval")
@@ -56,27 +54,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def base_stats(model: nn.Module, adapter=None) -> dict[str, Any]:
-    """Expert counts and targeted-weight counts of an ORIGINAL model, for sparsity accounting.
-
-    Counts come from shapes only, so a model whose weights are still on the meta device (streaming)
-    gives the same record as a loaded one.
-    """
-    from moeprune.arch import get_adapter
-    from moeprune.arch.linears import prunable_weights
-
-    adapter = adapter or get_adapter(model)
-    return {
-        "family": adapter.family.name,
-        "moe_layers": adapter.moe_indices,
-        "experts_per_layer": adapter.layers[0].num_experts,
-        "routed_experts": sum(layer.num_experts for layer in adapter.layers),
-        "top_k": adapter.layers[0].top_k,
-        "prunable_params": sum(weight.numel() for _, weight in prunable_weights(adapter)),
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-
-
 def _sha_or_none(path: str | Path | None) -> str | None:
     return sha256_file(path) if path and Path(path).is_file() else None
 
@@ -86,7 +63,7 @@ def build_lineage(
     stage: str,
     params: dict[str, Any],
     parent: str | Path,
-    parent_model: nn.Module | None = None,
+    parent_model: Any = None,
     calibration: str | Path | None = None,
     profile: str | Path | None = None,
     scores: str | Path | None = None,
@@ -96,8 +73,6 @@ def build_lineage(
     The base (the original model the chain started from) is inherited from the parent's record; a
     parent without a record is itself the base, and `parent_model` gives its statistics.
     """
-    from moeprune.arch import weights_sha256
-
     parent = Path(parent)
     parent_record = read_lineage(parent)
     parent_sha = weights_sha256(parent)
@@ -107,6 +82,8 @@ def build_lineage(
         history = parent_record.get("history", []) + [{k: parent_record[k] for k in ("stage", "params")}]
     else:
         base = {"path": str(parent.resolve()), "sha256": parent_sha, "name": parent.name}
+        from moeprune.arch.linears import base_stats  # torch, needed only for a parent without a record
+
         stats = base_stats(parent_model) if parent_model is not None else {}
         history = []
     return {

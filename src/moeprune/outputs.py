@@ -22,6 +22,7 @@ from typing import Any
 
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import clean_leftovers
+from moeprune.lineage import LINEAGE_FILE
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _lineage_of(stage: str) -> Callable[[Path], bool]:
-    return lambda out: _json(out / "moeprune.json").get("stage") == stage
+    return lambda out: _json(out / LINEAGE_FILE).get("stage") == stage
 
 
 def _has_keys(name: str | None, *keys: str) -> Callable[[Path], bool]:

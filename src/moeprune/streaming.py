@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from moeprune.arch.adapter import MoEAdapter, get_adapter
+from moeprune.arch.linears import base_stats as model_base_stats
 from moeprune.arch.linears import layer_linear_weights, prunable_weights
 from moeprune.arch.loading import _auto_class, check_model_dir, copy_auxiliary_files, register_own_models, weight_files
 from moeprune.errors import MoepruneError
@@ -332,7 +333,5 @@ def count_streamed_weights(streamed: StreamingModel, targets: str = "all") -> tu
 
 
 def base_stats(streamed: StreamingModel) -> dict[str, Any]:
-    """`lineage.base_stats` of a streamed model, without loading its weights."""
-    from moeprune.lineage import base_stats as lineage_base_stats
-
-    return lineage_base_stats(streamed.model, streamed.adapter)
+    """`arch.linears.base_stats` of a streamed model, without loading its weights."""
+    return model_base_stats(streamed.model, streamed.adapter)

@@ -8,11 +8,12 @@ Routed experts appear as one `[out, in]` view per expert and matrix, aliasing th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from moeprune.arch.adapter import MoEAdapter
+from moeprune.arch.adapter import MoEAdapter, get_adapter
 
 _GATE_NAMES = ("shared_expert_gate",)
 
@@ -59,3 +60,21 @@ def count_weights(adapter: MoEAdapter, targets: str = "all") -> tuple[int, int]:
             total += weight.numel()
             nonzero += int(torch.count_nonzero(weight))
     return total, nonzero
+
+
+def base_stats(model: nn.Module, adapter: MoEAdapter | None = None) -> dict[str, Any]:
+    """Expert counts and targeted-weight counts of an ORIGINAL model, for the lineage's sparsity accounting.
+
+    Counts come from shapes only, so a model whose weights are still on the meta device (streaming)
+    gives the same record as a loaded one.
+    """
+    adapter = adapter or get_adapter(model)
+    return {
+        "family": adapter.family.name,
+        "moe_layers": adapter.moe_indices,
+        "experts_per_layer": adapter.layers[0].num_experts,
+        "routed_experts": sum(layer.num_experts for layer in adapter.layers),
+        "top_k": adapter.layers[0].top_k,
+        "prunable_params": sum(weight.numel() for _, weight in prunable_weights(adapter)),
+        "params": sum(p.numel() for p in model.parameters()),
+    }

@@ -24,25 +24,14 @@ import torch
 from torch import Tensor
 
 from moeprune.errors import MoepruneError
+from moeprune.validation import check_fraction, check_nm
 
 MAX_LAYER_SPARSITY = 0.99
 
 
 def check_sparsity(sparsity: float) -> float:
-    """Return `sparsity` as a float if it lies in [0, 1), else raise a one-line MoepruneError."""
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise MoepruneError(f"sparsity {sparsity} is outside [0, 1); pass a fraction such as 0.5")
-    return float(sparsity)
-
-
-def check_nm(n: int, m: int, in_features: int | None = None) -> None:
-    """Raise a MoepruneError unless N:M is a valid pattern (1 <= n < m) that divides `in_features`."""
-    if not (isinstance(n, int) and isinstance(m, int)) or n < 1 or n >= m:
-        raise MoepruneError(f"N:M pattern {n}:{m} needs integers with 1 <= N < M; use e.g. 2:4")
-    if in_features is not None and in_features % m != 0:
-        raise MoepruneError(
-            f"N:M pattern {n}:{m} needs in_features divisible by {m}, got {in_features}; pick another M"
-        )
+    """`sparsity` as a float if it lies in [0, 1), else a one-line MoepruneError (`validation.check_fraction`)."""
+    return check_fraction(sparsity, "sparsity")
 
 
 def _check_weight(weight: Tensor) -> None:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from moeprune.errors import MoepruneError
-from moeprune.pruning.masks import check_nm, check_sparsity
+from moeprune.pruning.masks import check_sparsity
+from moeprune.validation import check_nm
 
 
 def sparsegpt_prune_(

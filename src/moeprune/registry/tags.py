@@ -1,18 +1,19 @@
 """The tags a registered version carries: lineage, methods, figures, DVC stage hashes, git commit.
 
-No MLflow here: plain reading of `moeprune.json` lineage records, `dvc.lock` and git.
+No MLflow here: plain reading of `moeprune.json` lineage records (through `moeprune.lineage`), `dvc.lock`
+and git.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-LINEAGE_FILE = "moeprune.json"
+from moeprune.lineage import git_commit, read_lineage
+
 EXPERT_STAGES = {"prune-experts", "prune_experts"}
 UNSTRUCTURED_STAGES = {"prune-unstructured", "prune_unstructured"}
 SHA_KEYS = ("calibration_sha256", "profile_sha256", "scores_sha256")
@@ -40,14 +41,6 @@ def model_repo(model_dir: Path) -> Path:
     return repo_root()
 
 
-def read_lineage(model_dir: Path) -> dict[str, Any]:
-    """The directory's `moeprune.json` lineage record, or {} for a model moeprune did not write."""
-    path = Path(model_dir) / LINEAGE_FILE
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text())
-
-
 def lineage_chain(model_dir: Path, lineage: dict[str, Any], limit: int = 16) -> list[dict[str, Any]]:
     """The stage records from this model back to its base, nearest first.
 
@@ -60,7 +53,7 @@ def lineage_chain(model_dir: Path, lineage: dict[str, Any], limit: int = 16) -> 
     parent = lineage.get("parent")
     while parent and len(chain) < limit:
         parent_dir = Path(parent["path"] if isinstance(parent, dict) else parent)
-        record = read_lineage(parent_dir) if parent_dir.is_dir() else {}
+        record = read_lineage(parent_dir) if parent_dir.is_dir() else None
         if not record:
             break
         chain.append(record)
@@ -123,17 +116,6 @@ def dvc_stage_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
-def git_commit(root: Path) -> str:
-    """HEAD's commit of the repository at `root`, or "" outside git / before the first commit."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
 def lineage_tags(
     model_dir: Path,
     lineage: dict[str, Any],
@@ -152,7 +134,7 @@ def lineage_tags(
         "weights_sha256": weights_sha,
         "model_dir": str(model_dir),
         "stage": str(lineage.get("stage", "base" if role == "base" else "")),
-        "git_commit": str(lineage.get("git_commit") or git_commit(root)),
+        "git_commit": str(lineage.get("git_commit") or git_commit(root) or ""),
     }
     tags.update(describe_methods(chain) if role != "base" else {"method": "base"})
     for key in SHA_KEYS:

@@ -18,9 +18,10 @@ from typing import Any
 from moeprune.config import Params
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256, write_json
+from moeprune.lineage import read_lineage
 from moeprune.registry.runs import MODEL_ARTIFACT, log_contents, mark_orphaned_runs, registration_run
 from moeprune.registry.store import experiment_id, mlflow_client, resolve_tracking_uri, store_lock
-from moeprune.registry.tags import lineage_tags, read_lineage
+from moeprune.registry.tags import lineage_tags
 
 GENERIC_DIR_NAMES = {"finetuned", "pretrained", "model", "base", "checkpoint", "final"}
 RUN_TAGS = ("role", "method", "base", "weights_sha256")
@@ -105,7 +106,7 @@ def register_model_dir(
     """
     model_dir = Path(model_dir).resolve()
     uri = resolve_tracking_uri(tracking_uri, params)
-    lineage = read_lineage(model_dir)
+    lineage = read_lineage(model_dir) or {}
     sha = weights_sha256(model_dir)
     values = read_metrics(metrics)
     client = mlflow_client(uri)
@@ -193,7 +194,7 @@ def parent_version(client: Any, name: str, model_dir: Path, lineage: dict, base_
         found = find_version(client, name, sha) if sha else None
         if found is not None:
             return str(found.version)
-        parent = read_lineage(parent_path).get("parent") if parent_path.is_dir() else None
+        parent = (read_lineage(parent_path) or {}).get("parent") if parent_path.is_dir() else None
         seen += 1
     return base_version or ""
 

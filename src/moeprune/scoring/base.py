@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from moeprune.arch import MoEAdapter, MoELayer
 from moeprune.errors import MoepruneError
 from moeprune.profiling import Profile
+from moeprune.validation import check_fraction
 
 
 @dataclass
@@ -108,11 +109,8 @@ class ScoringContext:
 
 
 def check_sparsity(expert_sparsity: float) -> None:
-    """MoepruneError unless 0 <= expert_sparsity < 1."""
-    if not 0.0 <= float(expert_sparsity) < 1.0:
-        raise MoepruneError(
-            f"expert sparsity {expert_sparsity} is outside [0, 1); pass the fraction of experts to remove, e.g. 0.5"
-        )
+    """MoepruneError unless 0 <= expert_sparsity < 1 (`validation.check_fraction`)."""
+    check_fraction(expert_sparsity, "expert sparsity", "pass the fraction of experts to remove, e.g. 0.5")
 
 
 def keep_count(num_experts: int, expert_sparsity: float) -> int:

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 
 from moeprune.arch import get_adapter, load_model, save_model_dir
-from moeprune.arch.linears import count_weights
+from moeprune.arch.linears import base_stats, count_weights
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
 from moeprune.layerwise import InMemoryBlocks
-from moeprune.lineage import base_stats, build_lineage, read_lineage, write_lineage, write_model_card
+from moeprune.lineage import build_lineage, read_lineage, write_lineage, write_model_card
 from moeprune.outputs import claim_output
-from moeprune.pruning.masks import check_nm, check_sparsity
+from moeprune.pruning.masks import check_sparsity
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
 from moeprune.streaming import (
@@ -27,21 +27,10 @@ from moeprune.streaming import (
     use_streaming,
 )
 from moeprune.streaming import base_stats as streaming_base_stats
+from moeprune.validation import parse_nm
 
 REPORT_FILE = "sparsity_report.json"
 TARGETS = ("all", "experts")
-
-
-def parse_nm(nm: str | None) -> tuple[int, int] | None:
-    """'2:4' -> (2, 4); a clear error for anything else."""
-    if nm is None:
-        return None
-    try:
-        n, m = (int(part) for part in nm.split(":"))
-    except ValueError:
-        raise MoepruneError(f"--nm '{nm}' is not an N:M pattern; write it like 2:4") from None
-    check_nm(n, m)
-    return n, m
 
 
 def _check_arguments(method, sparsity, total_sparsity, nm, owl, calib, targets) -> None:
@@ -113,7 +102,7 @@ def run(
     if method == "none":
         return _copy(model, out, start)
     spec = get_unstructured_method(method)
-    pattern = parse_nm(nm)
+    pattern = None if nm is None else parse_nm(nm, "--nm")
     _check_arguments(spec, sparsity, total_sparsity, pattern, owl, calib, targets)
     source, streamed = _open(model, streaming, resolve_device(device))
     if pattern:

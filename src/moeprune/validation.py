@@ -1,0 +1,55 @@
+"""One helper per validation rule, shared by config.py's pydantic validators and the stages. No torch.
+
+A rule is checked in two places with one wording each:
+- a params.yaml field (`what` left empty): a ValueError with the bare rule, `must be in [0, 1), got 1.5`;
+  pydantic puts the field's location in front (`score.expert_sparsity: must be ...`).
+- a stage or function argument (`what` names it): a one-line MoepruneError naming the value and the fix,
+  `sparsity 1.2 is outside [0, 1); pass a fraction such as 0.5`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from moeprune.errors import MoepruneError
+
+_NM = re.compile(r"(\d+):(\d+)")
+
+
+def check_fraction(value: float, what: str = "", hint: str = "pass a fraction such as 0.5") -> float:
+    """`value` as a float when it lies in [0, 1) (a sparsity), else the error of the rule.
+
+    Args:
+        value: the fraction to check.
+        what: the name the user knows it by ("sparsity", "expert sparsity"); empty for a config field.
+        hint: the fix the MoepruneError suggests (only with `what`).
+    """
+    if not 0.0 <= float(value) < 1.0:
+        if not what:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        raise MoepruneError(f"{what} {value} is outside [0, 1); {hint}")
+    return float(value)
+
+
+def check_nm(n: int, m: int, in_features: int | None = None) -> None:
+    """MoepruneError unless N:M is a valid pattern (integers, 1 <= n < m) whose M divides `in_features`."""
+    if not (isinstance(n, int) and isinstance(m, int)) or n < 1 or n >= m:
+        raise MoepruneError(f"N:M pattern {n}:{m} needs integers with 1 <= N < M; use e.g. 2:4")
+    if in_features is not None and in_features % m != 0:
+        raise MoepruneError(
+            f"N:M pattern {n}:{m} needs in_features divisible by {m}, got {in_features}; pick another M"
+        )
+
+
+def parse_nm(text: str, what: str = "") -> tuple[int, int]:
+    """'2:4' -> (2, 4), checked by `check_nm`; `what` names the flag (e.g. "--nm"), empty for a config field."""
+    match = _NM.fullmatch(str(text))
+    if not match:
+        if not what:
+            raise ValueError(f"must look like N:M (e.g. 2:4), got {text!r}")
+        raise MoepruneError(f"{what} '{text}' is not an N:M pattern; write it like 2:4")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not what and not 0 < n < m:
+        raise ValueError(f"needs 0 < N < M, got {text!r}")
+    check_nm(n, m)
+    return n, m
