@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeprune.arch.families import Family, covered_families, get_family
+from moeprune.arch.refused import not_covered_error, refusal
 from moeprune.errors import MoepruneError
 
 _ROUTER_BIAS_NAMES = ("e_score_correction_bias", "bias")
@@ -171,7 +172,8 @@ class MoEAdapter:
             )
         family = get_family(model_type)
         if family is None:
-            raise MoepruneError(f"MoE family '{model_type}' is not covered yet; covered families: {covered_families()}")
+            reason = refusal(model_type) or f"no entry in arch/families.py (covered: {covered_families()})"
+            raise not_covered_error(model_type, reason)
         self.family = family
         for layer in self.layers:
             layer.family = family

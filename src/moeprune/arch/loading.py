@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
+from moeprune.arch.refused import check_not_refused
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
 from moeprune.shards import INDEX_FILE, check_safetensors
@@ -69,7 +70,7 @@ def _check_index(path: Path) -> None:
 
 
 def _check_config(config_path: Path) -> None:
-    """config.json is a JSON object whose model_type transformers (or moeprune) implements."""
+    """config.json is a JSON object whose model_type transformers (or moeprune) implements, not a refused MoE."""
     from transformers import CONFIG_MAPPING
 
     try:
@@ -86,6 +87,7 @@ def _check_config(config_path: Path) -> None:
             f"'{config_path}': model_type {model_type!r} is not a model transformers implements{remote}; "
             "use a checkpoint of a supported family (`moeprune --help`, README 'Covered families')"
         )
+    check_not_refused(model_type)
 
 
 def _auto_class(config):

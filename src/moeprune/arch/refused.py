@@ -1,0 +1,102 @@
+"""MoE families that transformers ships but moeprune refuses, each with what is missing.
+
+`tests/test_family_coverage.py` enumerates every model_type whose modeling code uses the experts
+interface (`@use_experts_implementation`); each must be in `families.FAMILIES` or here. Reasons were
+read off transformers 5.23's modeling files (router class and attribute, block layout, expert flags).
+A checkpoint of one of these families is refused from its config.json, before weights are read.
+"""
+
+from __future__ import annotations
+
+from moeprune.errors import MoepruneError
+
+_HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
+_VL = "vision-language wrapper ({}); its language MoE is not handled yet"
+_V3_LIKE = "DeepSeek-V3-style router '{}' with shared_experts; no family entry or round-trip test yet"
+_NO_ENTRY = "{}; no family entry or round-trip test yet"
+
+REFUSED: dict[str, str] = {
+    "afmoe": _NO_ENTRY.format("sigmoid router 'router' plus a block-level expert_bias and shared_experts"),
+    "aria": _VL.format("AriaForConditionalGeneration; text experts transposed, router 'router'"),
+    "aria_text": _NO_ENTRY.format("router 'router', transposed experts (is_transposed), shared_experts"),
+    "axk1": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts and a post-MoE norm"),
+    "axk2": _V3_LIKE.format("gate"),
+    "bailing_hybrid": _HYBRID.format("linear attention / mamba"),
+    "beam": _NO_ENTRY.format("sigmoid router 'gate' (BeamTopKRouter)"),
+    "cohere2_moe": _NO_ENTRY.format("router 'gate' (Cohere2MoeTopKRouter) with shared_experts"),
+    "deepseek_ocr2": _VL.format("DeepSeek-OCR2 around a DeepSeek-V2-style text MoE"),
+    "deepseek_v32": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts, sparse-attention indexer"),
+    "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
+    "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
+    "dots1": _V3_LIKE.format("gate"),
+    "dots3_note": _VL.format("Dots3Note, with MoE in both the text and the vision tower"),
+    "dots3_note_text": _NO_ENTRY.format("router 'gate' (Dots3NoteTextTopkRouter) with shared_experts"),
+    "ernie4_5_moe": _NO_ENTRY.format("router 'gate' with a separate moe_statics correction bias and shared_experts"),
+    "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
+    "exaone_moe": _V3_LIKE.format("gate"),
+    "flex_olmo": _NO_ENTRY.format("OLMoE-like router 'gate' (FlexOlmoTopKRouter)"),
+    "flint": _NO_ENTRY.format("router 'gate' with a sigmoid-gated shared_expert"),
+    "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
+    "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
+    "glm4_moe": _V3_LIKE.format("gate"),
+    "glm4_moe_lite": _V3_LIKE.format("gate"),
+    "glm4v_moe": _VL.format("Glm4vMoeForConditionalGeneration around a GLM-4-MoE text model"),
+    "glm5_next": _VL.format("GLM-5-Next; its text model also has hybrid layers and clamped experts"),
+    "glm_moe_dsa": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts, sparse-attention indexer"),
+    "gpt_oss": "fused gate_up (interleaved, transposed) with biases and a clamp (limit, alpha) is not handled yet",
+    "granitemoe": _NO_ENTRY.format("router 'router' with a bare weight (softmax -> top-k, no renormalisation)"),
+    "granitemoe_swa": _NO_ENTRY.format("router 'router' (GraniteMoeSWATopKRouter), sliding-window attention"),
+    "granitemoehybrid": _HYBRID.format("mamba2"),
+    "granitemoeshared": _NO_ENTRY.format("router 'router' and a shared_mlp outside the MoE block"),
+    "hunyuan_v1_moe": "router 'gate' keeps its rows in gate.wg (not gate.weight), shared_mlp; not handled yet",
+    "hy_v3": _NO_ENTRY.format("router 'gate' plus a block-level e_score_correction_bias and shared_experts"),
+    "hy_v4": _NO_ENTRY.format("router 'gate', clamped experts (limit) and shared_experts"),
+    "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
+    "inkling_text": _HYBRID.format("short conv / mamba"),
+    "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
+    "inkling2_text": _HYBRID.format("short conv / mamba"),
+    "jamba": _HYBRID.format("mamba, MoE every k-th layer"),
+    "kimi_linear": _HYBRID.format("Kimi delta attention"),
+    "kolibri1": _NO_ENTRY.format("sigmoid router 'gate' (Kolibri1TopKRouter) with shared_experts"),
+    "laguna": _NO_ENTRY.format("sigmoid router 'gate' (LagunaTopKRouter) with shared_experts"),
+    "lfm2_moe": _HYBRID.format("short conv; block-level expert_bias"),
+    "mellum": _NO_ENTRY.format("router 'gate' (MellumTopKRouter)"),
+    "mimo_v2_flash": _NO_ENTRY.format("sigmoid router 'gate' (MiMoV2FlashTopkRouter)"),
+    "minimax": _HYBRID.format("lightning linear attention"),
+    "minimax_m2": _NO_ENTRY.format("sigmoid router 'gate' plus a block-level e_score_correction_bias"),
+    "minimax_m3_vl": _VL.format("MiniMax-M3-VL; its text model has lightning attention and clamped experts"),
+    "minimax_m3_vl_text": _HYBRID.format("lightning attention; clamped experts"),
+    "mistral4": _VL.format("Mistral4 (no causal-LM Auto class) around a DeepSeek-V3-style text MoE"),
+    "mistral_large4": _VL.format("Mistral-Large-4 around a DeepSeek-V3-style text MoE"),
+    "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
+    "nemotron_h": _HYBRID.format("mamba2; non-gated experts with latent projections"),
+    "openai_privacy_filter": "gpt_oss-style experts (transposed, biases, clamp) in a token classifier; not handled yet",
+    "qwen3_5_moe": _VL.format("Qwen3.5-MoE; its text model also has hybrid gated-delta-net layers"),
+    "qwen3_5_moe_text": _HYBRID.format("gated delta net linear attention"),
+    "qwen3_next": _HYBRID.format("gated delta net linear attention"),
+    "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
+    "qwen3_omni_moe_thinker": _VL.format("Qwen3-Omni thinker"),
+    "qwen3_vl_moe": _VL.format("Qwen3VLMoeForConditionalGeneration around a Qwen3-MoE text model"),
+    "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
+    "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
+    "solar_open": _V3_LIKE.format("gate"),
+    "unlimited_ocr": _VL.format("Unlimited-OCR around a DeepSeek-V2-style text MoE"),
+    "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
+}
+
+
+def refusal(model_type: str) -> str | None:
+    """Why moeprune refuses `model_type`, or None when it is not a refused MoE family."""
+    return REFUSED.get(model_type)
+
+
+def not_covered_error(model_type: str, reason: str) -> MoepruneError:
+    """The one-line refusal every stage prints for an uncovered MoE family."""
+    return MoepruneError(f"MoE family '{model_type}' is not covered: {reason}")
+
+
+def check_not_refused(model_type: str | None) -> None:
+    """Raise the one-line refusal when `model_type` (config.json's) is a refused MoE family."""
+    reason = refusal(model_type or "")
+    if reason is not None:
+        raise not_covered_error(str(model_type), reason)
