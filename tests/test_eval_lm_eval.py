@@ -128,3 +128,16 @@ def test_promotion_accepts_an_lm_eval_metric():
     pruned = Candidate(2, "pruned", read_metrics({"my_mc.acc": 0.48, "total_sparsity": 0.3}), [])
     decision = decide_promotion([base, pruned], policy, "m")
     assert decision.champion == 2 and decision.metric == "my_mc.acc"
+
+
+def test_report_tabulates_lm_eval_metrics():
+    from moeprune.report import Row, detect_metrics, is_percent
+    from moeprune.report_markdown import metric_value
+
+    values = {"my_mc.acc": 0.5, "my_mc.acc_stderr": 0.1, "my_mc.n": 4.0, "my_gen.exact_match.last-number": 0.25}
+    rows = [Row(group="m", label="base", kind="base", column=0.0, values={**values, "total_sparsity": 0.0})]
+    assert detect_metrics(rows) == ("my_gen.exact_match.last-number", "my_mc.acc")
+    assert is_percent("my_mc.acc") and not is_percent("my_mc.acc_stderr") and not is_percent("perplexity")
+    assert metric_value("my_mc.acc", 0.5) == "50.0"
+    gsm8k = [Row(group="m", label="base", kind="base", column=0.0, values={**values, "gsm8k.exact_match_strict": 1})]
+    assert detect_metrics(gsm8k) == ("gsm8k.exact_match_strict", "gsm8k.exact_match_flexible")

@@ -30,6 +30,10 @@ TABLE_METRICS = {
     "gsm8k.exact_match_strict": ("gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"),
     "perplexity": ("perplexity",),
 }
+PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
+# lm-eval task metrics (`--task lm-eval:NAME`, written `<task>.<metric>[.<filter>]`) a report tabulates
+# when no primary metric is there; the first three are fractions shown in percent.
+LM_EVAL_METRICS = ("acc", "acc_norm", "exact_match", "f1", "mcc", "pass@1")
 SCORING_KEYS = ("scoring.seconds", "scoring.forward_passes", "scoring.block_evaluations")
 KINDS = ("base", "expert", "unstructured", "combined")
 
@@ -127,14 +131,30 @@ def row_from_version(version: Any, group: str) -> Row:
     )
 
 
+def lm_eval_metric(key: str) -> str | None:
+    """`acc` for an lm-eval metric name such as `my_mc.acc` or `my_gen.exact_match.strict-match`, else None."""
+    task, _, rest = key.partition(".")
+    metric = rest.split(".")[0]
+    return metric if task and metric in LM_EVAL_METRICS else None
+
+
+def is_percent(metric: str) -> bool:
+    """Whether a metric is an accuracy shown in percent."""
+    return metric in PERCENT_METRICS or lm_eval_metric(metric) in ("acc", "acc_norm", "exact_match")
+
+
 def detect_metrics(rows: list[Row]) -> tuple[str, ...]:
-    """The table metrics of the first primary metric any row carries."""
+    """The table metrics of the first primary metric any row carries, else every lm-eval task metric."""
     for metric in PRIMARY_METRICS:
         if any(metric in row.values for row in rows):
             return TABLE_METRICS[metric]
+    lm_eval = sorted({key for row in rows for key in row.values if lm_eval_metric(key)})
+    if lm_eval:
+        return tuple(lm_eval)
     raise MoepruneError(
-        "no registered version carries a task metric (imagenet.top1, gsm8k.exact_match_strict or "
-        "perplexity); register models with `moeprune register --metrics` from `moeprune evaluate`"
+        "no registered version carries a task metric (imagenet.top1, gsm8k.exact_match_strict, perplexity "
+        "or an lm-eval <task>.acc / .exact_match); register models with `moeprune register --metrics` "
+        "from `moeprune evaluate`"
     )
 
 

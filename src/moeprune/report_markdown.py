@@ -15,6 +15,7 @@ from moeprune.report import (
     aggregate,
     comparison_rows,
     configuration_points,
+    is_percent,
     labels_and_columns,
     missing_requests,
     pareto_front,
@@ -24,7 +25,6 @@ from moeprune.report import (
 )
 from moeprune.report_testbed import read_testbed, testbed_lines
 
-PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
 SHORT_NAMES = {
     "imagenet.top1": "top-1",
     "imagenet.top5": "top-5",
@@ -39,7 +39,7 @@ def metric_value(metric: str, value: float) -> str:
     """Accuracies in percent with one decimal, other metrics with three significant decimals."""
     if math.isnan(value):
         return "-"
-    return f"{100 * value:.1f}" if metric in PERCENT_METRICS else f"{value:.3f}"
+    return f"{100 * value:.1f}" if is_percent(metric) else f"{value:.3f}"
 
 
 def cell_text(metric: str, cell: Cell | None) -> str:

@@ -14,14 +14,13 @@ from moeprune.report import (
     Group,
     aggregate,
     configuration_points,
+    is_percent,
     labels_and_columns,
     pareto_front,
     rows_of,
     scoring_costs,
     sparsity_of,
 )
-
-PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
 
 
 def pyplot():
@@ -36,7 +35,7 @@ def pyplot():
 
 def scale(metric: str) -> float:
     """Accuracies are plotted in percent."""
-    return 100.0 if metric in PERCENT_METRICS else 1.0
+    return 100.0 if is_percent(metric) else 1.0
 
 
 def title(ax, group: Group, what: str) -> None:
