@@ -141,3 +141,14 @@ def test_report_tabulates_lm_eval_metrics():
     assert metric_value("my_mc.acc", 0.5) == "50.0"
     gsm8k = [Row(group="m", label="base", kind="base", column=0.0, values={**values, "gsm8k.exact_match_strict": 1})]
     assert detect_metrics(gsm8k) == ("gsm8k.exact_match_strict", "gsm8k.exact_match_flexible")
+
+
+def test_params_accept_lm_eval_tasks_and_metrics():
+    from moeprune.config import parse_params
+    from moeprune.errors import MoepruneError
+
+    evaluate = {"task": "lm-eval:my_mc+my_gen", "lm_eval": {"backend": "hf", "include-path": "tasks"}}
+    params = parse_params({"evaluate": evaluate, "promote": {"metric": "my_mc.acc"}})
+    assert params.evaluate.lm_eval.include_path == "tasks" and params.promote.metric == "my_mc.acc"
+    with pytest.raises(MoepruneError, match="evaluate.lm_eval.backend: unknown lm-eval backend 'tgi'"):
+        parse_params({"evaluate": {"lm_eval": {"backend": "tgi"}}})

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moeprune.errors import MoepruneError
+from moeprune.evaluation.lm_eval_tasks import BACKENDS as LM_EVAL_BACKENDS
 from moeprune.testbed.presets import PRESETS
 from moeprune.validation import check_fraction, parse_nm
 
@@ -40,7 +41,7 @@ SCORE_METHODS = (
 UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt", "none")
 TESTBED_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
 CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
-EVALUATION_TASKS = ("gsm8k", "gsm8k-local:", "perplexity:", "imagenet:")
+EVALUATION_TASKS = ("gsm8k", "gsm8k-local:", "perplexity:", "imagenet:", "lm-eval:")
 OBJECTIVE_KEYS = (
     "total_sparsity",
     "expert_sparsity",
@@ -205,12 +206,28 @@ class UnstructuredSection(Section):
         return check_choice(value, UNSTRUCTURED_METHODS, "unstructured method")
 
 
+class LmEvalOptions(Section):
+    """Flags of `moeprune evaluate` for `lm-eval:` tasks, as dvc.yaml unpacks them (keys are the flag names).
+
+    Leave `include-path` out rather than null: dvc.yaml would pass a null on as the text "None".
+    """
+
+    backend: str = "hf"
+    include_path: str | None = Field(None, alias="include-path")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        return check_choice(value, tuple(LM_EVAL_BACKENDS), "lm-eval backend")
+
+
 class EvaluateSection(Section):
     """Evaluation: `moeprune evaluate --task --limit --batch-size` (base and pruned model)."""
 
     task: str = "gsm8k-local:runs/testbed/lm/data/test.jsonl"
     limit: int = Field(200, gt=0)
     batch_size: int = Field(32, gt=0)
+    lm_eval: LmEvalOptions = Field(default_factory=LmEvalOptions)
 
     @field_validator("task")
     @classmethod
