@@ -96,7 +96,15 @@ def test_cli_numbers_equal_lm_evals_own(setup, tmp_path):
 
 def test_flat_metric_names():
     results = {
-        "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict-match": 1}},
+        "results": {
+            "t": {
+                "alias": "t",
+                "sample_len": 9,
+                "acc,none": 0.5,
+                "acc_stderr,none": "N/A",
+                "exact_match,strict-match": 1,
+            }
+        },
         "n-samples": {"t": {"original": 9, "effective": 3}},
     }
     assert flat_metrics(results) == {"t.acc": 0.5, "t.exact_match.strict-match": 1.0, "t.n": 3}

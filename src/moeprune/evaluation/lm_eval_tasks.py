@@ -75,14 +75,17 @@ def model_args(model_dir: Path, dtype: str) -> str:
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """lm-eval's nested `results` as flat `<task>.<metric>[.<filter>]` numbers plus `<task>.n`."""
+    """lm-eval's nested `results` as flat `<task>.<metric>[.<filter>]` numbers plus `<task>.n`.
+
+    Only `metric,filter` keys are metrics; `alias`, `sample_len` and non-numeric values are left out.
+    """
     flat: dict[str, Any] = {}
     samples = results.get("n-samples", {})
     for task, scores in results["results"].items():
         for key, value in scores.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue  # "alias", and "N/A" standard errors
-            metric, _, filter_name = key.partition(",")
+            metric, comma, filter_name = key.partition(",")
+            if not comma or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # "alias", "sample_len" (not metrics), and "N/A" standard errors
             name = f"{task}.{metric}" if filter_name in ("", "none") else f"{task}.{metric}.{filter_name}"
             flat[name] = float(value)
         n = samples.get(task, {}).get("effective")
