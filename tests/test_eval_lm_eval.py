@@ -108,6 +108,8 @@ def test_flat_metric_names():
         "n-samples": {"t": {"original": 9, "effective": 3}},
     }
     assert flat_metrics(results) == {"t.acc": 0.5, "t.exact_match.strict-match": 1.0, "t.n": 3}
+    results["results"]["t"] = {"pass@1,create_test": 0.25}
+    assert flat_metrics(results) == {"t.pass_at_1.create_test": 0.25, "t.n": 3}  # a name MLflow accepts
 
 
 def test_missing_backend_is_one_error_line(setup, tmp_path):
@@ -160,3 +162,11 @@ def test_params_accept_lm_eval_tasks_and_metrics():
     assert params.evaluate.lm_eval.include_path == "tasks" and params.promote.metric == "my_mc.acc"
     with pytest.raises(MoepruneError, match="evaluate.lm_eval.backend: unknown lm-eval backend 'tgi'"):
         parse_params({"evaluate": {"lm_eval": {"backend": "tgi"}}})
+
+
+def test_lm_eval_given_twice_is_refused():
+    from moeprune.errors import MoepruneError
+    from moeprune.evaluation.tasks import parse_tasks
+
+    with pytest.raises(MoepruneError, match=r"one `lm-eval:A\+B`"):
+        parse_tasks("lm-eval:my_mc,lm-eval:my_gen")

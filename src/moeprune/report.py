@@ -33,7 +33,7 @@ TABLE_METRICS = {
 PERCENT_METRICS = {"imagenet.top1", "imagenet.top5", "gsm8k.exact_match_strict", "gsm8k.exact_match_flexible"}
 # lm-eval task metrics (`--task lm-eval:NAME`, written `<task>.<metric>[.<filter>]`) a report tabulates
 # when no primary metric is there; the first three are fractions shown in percent.
-LM_EVAL_METRICS = ("acc", "acc_norm", "exact_match", "f1", "mcc", "pass@1")
+LM_EVAL_METRICS = ("acc", "acc_norm", "exact_match", "f1", "mcc", "pass_at_1")
 SCORING_KEYS = ("scoring.seconds", "scoring.forward_passes", "scoring.block_evaluations")
 KINDS = ("base", "expert", "unstructured", "combined")
 

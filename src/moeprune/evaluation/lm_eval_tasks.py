@@ -5,13 +5,15 @@ every task YAML under that folder, lm-eval's own mechanism), then run by `simple
 lm-eval's defaults (seeds, few-shot, generation settings) on the `hf` backend, or `vllm` when it is
 installed. The nested results become flat metrics `<task>.<metric>`: lm-eval's `acc,none` is
 `my_mc.acc`, `exact_match,strict-match` is `my_gen.exact_match.strict-match` (the `none` filter is
-dropped, any other filter name kept), plus `<task>.n`, the number of documents evaluated.
+dropped, any other filter name kept), plus `<task>.n`, the number of documents evaluated; characters
+MLflow refuses in metric names become `_` (`pass@1` -> `pass_at_1`), so every metric can be registered.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from moeprune.env import apply_offline_defaults
 from moeprune.errors import MoepruneError
 
 BACKENDS = {"hf": None, "vllm": "vllm"}  # backend -> the package it needs beyond lm-eval
+_NOT_IN_MLFLOW_NAMES = re.compile(r"[^\w.\- /:]")  # MLflow metric and tag names allow only these
 
 
 def check_backend(backend: str) -> str:
@@ -74,6 +77,11 @@ def model_args(model_dir: Path, dtype: str) -> str:
     return f"pretrained={Path(model_dir).resolve()},dtype={dtype}"
 
 
+def metric_name(name: str) -> str:
+    """`name` as MLflow accepts it for a metric or tag: `pass@1` -> `pass_at_1`, other odd characters -> `_`."""
+    return _NOT_IN_MLFLOW_NAMES.sub("_", name.replace("@", "_at_"))
+
+
 def flat_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """lm-eval's nested `results` as flat `<task>.<metric>[.<filter>]` numbers plus `<task>.n`.
 
@@ -86,8 +94,8 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, Any]:
             metric, comma, filter_name = key.partition(",")
             if not comma or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # "alias", "sample_len" (not metrics), and "N/A" standard errors
-            name = f"{task}.{metric}" if filter_name in ("", "none") else f"{task}.{metric}.{filter_name}"
-            flat[name] = float(value)
+            name = f"{task}.{metric}" if filter_name == "none" else f"{task}.{metric}.{filter_name}"
+            flat[metric_name(name)] = float(value)
         n = samples.get(task, {}).get("effective")
         if n is not None:
             flat[f"{task}.n"] = int(n)

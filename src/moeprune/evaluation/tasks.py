@@ -153,6 +153,8 @@ def parse_tasks(specs: str) -> list[tuple[Task, Path | str | None]]:
         raise MoepruneError(f"no evaluation task given; valid tasks: {valid_tasks()}")
     prefixes = [task.metrics for task, _ in parsed]
     repeated = sorted({prefix for prefix in prefixes if prefixes.count(prefix) > 1})
+    if "lm-eval" in repeated:
+        raise MoepruneError(f"{specs!r} gives lm-eval: twice; list all lm-eval tasks in one `lm-eval:A+B`")
     if repeated:
         raise MoepruneError(
             f"two tasks in {specs!r} both write the '{repeated[0]}.*' metrics; evaluate them in separate runs"
