@@ -77,7 +77,7 @@ def test_outputs_follow_the_umask(model, tmp_path):
 def test_evaluation_temporaries_live_beside_the_output_and_go(model, tmp_path, monkeypatch):
     seen = []
 
-    def fake_tasks(*args):
+    def fake_tasks(*args, **options):
         seen.append(tempfile.mkdtemp(prefix="moeprune-gsm8k-"))  # what lm-eval's task folder does
         return {"perplexity": 1.0}
 
