@@ -3,8 +3,9 @@
 The only core package that talks to MLflow (imported lazily: `import mlflow` costs about 2 s).
 `store` resolves and locks the store, `versions` finds or creates the version of a model directory,
 `runs` opens and closes the run behind it, `tags` reads lineage, DVC and git records into tags, and
-`catalog` reads versions back (promotion, downloads). A version's artifacts are the model directory,
-so `download_version` gives a directory stock `from_pretrained` loads.
+`catalog` reads versions back (promotion, downloads), `flavors` logs a version as an MLflow model
+(transformers flavor for LMs, the `pyfunc_vmoe` pyfunc for the V-MoE). `download_version` gives the
+checkpoint directory inside it, which stock `from_pretrained` loads.
 """
 
 from moeprune.registry.catalog import download_version, list_candidates, moeprune_models, numeric_tags, promote

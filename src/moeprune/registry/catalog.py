@@ -9,12 +9,17 @@ from typing import Any
 from moeprune.config import PromoteSection
 from moeprune.errors import MoepruneError
 from moeprune.promotion import Candidate, Decision, apply_decision, decide_promotion
+from moeprune.registry.flavors import checkpoint_dir
 from moeprune.registry.store import mlflow_client, resolve_tracking_uri, store_lock
 from moeprune.registry.versions import registered_model_exists
 
 
 def download_version(name: str, version: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
-    """Download a version's model directory (`version` is a number or an alias such as champion)."""
+    """Download a version and return its Hugging Face directory (`version`: a number or an alias such as champion).
+
+    For a version logged with an MLflow flavor the MLflow model folder is downloaded whole (MLmodel beside
+    it) and the checkpoint inside it is returned; stock `from_pretrained` loads it.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
     from mlflow.artifacts import download_artifacts
@@ -26,7 +31,7 @@ def download_version(name: str, version: str, dst: str | Path, tracking_uri: str
     )
     Path(dst).mkdir(parents=True, exist_ok=True)
     local = download_artifacts(artifact_uri=model_version.source, dst_path=str(dst), tracking_uri=uri)
-    return Path(local)
+    return checkpoint_dir(Path(local))
 
 
 def list_candidates(client: Any, name: str) -> list[Candidate]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from moeprune.registry.flavors import FILES, save_flavor
 
 MODEL_ARTIFACT = "model"
 PID_TAG, START_TAG, HOST_TAG = "moeprune.pid", "moeprune.pid_start", "moeprune.host"
@@ -83,17 +86,30 @@ def registration_run(client: Any, experiment: str, run_name: str, tags: dict[str
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def log_contents(client: Any, run_id: str, model_dir: Path, lineage: dict, values: dict, metrics: Any) -> None:
-    """Params (the lineage's), metrics, the model directory, the metrics file and plots."""
+def log_contents(
+    client: Any, run_id: str, model_dir: Path, lineage: dict, values: dict, metrics: Any, flavor: str = FILES
+) -> None:
+    """Params (the lineage's), metrics, the model (an MLflow model folder, see `flavors`), metrics file, plots."""
     for key, value in flatten(lineage.get("params") or {}, prefix="").items():
         client.log_param(run_id, key[:250], str(value)[:6000])
     for key, value in values.items():
         client.log_metric(run_id, key, value)
-    client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+    log_model_folder(client, run_id, model_dir, flavor)
     if isinstance(metrics, (str, Path)) and Path(metrics).is_file():
         client.log_artifact(run_id, str(metrics), "metrics")
     for plot in plot_files(model_dir, metrics):
         client.log_artifact(run_id, str(plot), "plots")
+
+
+def log_model_folder(client: Any, run_id: str, model_dir: Path, flavor: str) -> None:
+    """Log the model under `MODEL_ARTIFACT`: its MLflow model folder, or the directory as it is (FILES)."""
+    if flavor == FILES:
+        client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+        return
+    with tempfile.TemporaryDirectory(prefix="moeprune-mlmodel-") as tmp:
+        folder = Path(tmp) / MODEL_ARTIFACT
+        save_flavor(model_dir, folder, flavor)
+        client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT)
 
 
 def plot_files(model_dir: Path, metrics: Any) -> list[Path]:

@@ -19,6 +19,7 @@ from moeprune.config import Params
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256, write_json
 from moeprune.lineage import read_lineage
+from moeprune.registry.flavors import FLAVOR_TAG, model_card_text, model_flavor
 from moeprune.registry.runs import MODEL_ARTIFACT, log_contents, mark_orphaned_runs, registration_run
 from moeprune.registry.store import experiment_id, mlflow_client, resolve_tracking_uri, store_lock
 from moeprune.registry.tags import lineage_tags
@@ -151,13 +152,21 @@ def find_or_create(
 def create_version(
     client: Any, uri: str, name: str, model_dir: Path, lineage: dict, values: dict, tags: dict, metrics: Any
 ) -> Any:
-    """One run (params, metrics, lineage, plots, the model directory) and the model version made from it."""
+    """One run (params, metrics, lineage, plots, the model) and the model version made from it.
+
+    The model is logged in its MLflow flavor (`flavors.model_flavor`, recorded as tag `mlflow_flavor`);
+    the model card is the version's description.
+    """
     run_name = f"{name}-{tags['role']}-{tags['weights_sha256'][:8]}"
-    run_tags = {key: tags[key] for key in RUN_TAGS if key in tags}
+    flavor = model_flavor(model_dir)
+    tags = {**tags, FLAVOR_TAG: flavor}
+    run_tags = {key: tags[key] for key in (*RUN_TAGS, FLAVOR_TAG) if key in tags}
     with registration_run(client, experiment_id(client, uri), run_name, run_tags) as run:
-        log_contents(client, run.info.run_id, model_dir, lineage, values, metrics)
+        log_contents(client, run.info.run_id, model_dir, lineage, values, metrics, flavor)
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
-        return client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags)
+        return client.create_model_version(
+            name, source=source, run_id=run.info.run_id, tags=tags, description=model_card_text(model_dir)
+        )
 
 
 def base_record(model_dir: Path, lineage: dict, sha: str) -> dict[str, str]:
