@@ -7,8 +7,8 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from moeprune.testbed.diagnostics import (
+    measure_by_kind,
     normalised_mutual_information,
-    routing_by_kind,
     routing_record,
     unigram_perplexities,
 )
@@ -40,10 +40,11 @@ def test_unigram_perplexity_of_a_uniform_kind():
     assert unigram_perplexities(train, heldout, vocab_size=4)["a"] == pytest.approx(expected, rel=1e-3)
 
 
-def test_routing_counts_every_token_top_k_times():
+def test_one_pass_counts_every_token_top_k_times_and_gives_perplexity():
     model = tiny_moe_model("mixtral", num_experts=4, top_k=2).eval()
     rows = {"x": torch.randint(3, 50, (3, 7)), "y": torch.randint(3, 50, (2, 7))}
-    counts = routing_by_kind(model, rows)
+    perplexity, counts = measure_by_kind(model, rows)
+    assert set(perplexity) == {"x", "y"} and all(value > 1 for value in perplexity.values())
     for matrix in counts.values():
         assert matrix.shape == (2, 4)
         assert matrix.sum(1).tolist() == [3 * 7 * 2, 2 * 7 * 2]

@@ -24,21 +24,6 @@ def _batches(rows: Tensor, limit: int) -> list[Tensor]:
     return list(rows[:limit].split(EVAL_BATCH))
 
 
-@torch.no_grad()
-def kind_perplexities(model: nn.Module, rows: dict[str, Tensor], limit: int = 32) -> dict[str, float]:
-    """Perplexity of `model` on the first `limit` held-out rows of every kind (every token but `<s>`)."""
-    model.eval()
-    result = {}
-    for kind, kind_rows in rows.items():
-        total, count = 0.0, 0
-        for batch in _batches(kind_rows, limit):
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-            total, count = total + float(nll), count + batch[:, 1:].numel()
-        result[kind] = round(math.exp(total / max(count, 1)), 3)
-    return result
-
-
 def unigram_perplexities(
     train_rows: dict[str, Tensor], heldout_rows: dict[str, Tensor], vocab_size: int, limit: int = 32
 ) -> dict[str, float]:
@@ -53,21 +38,34 @@ def unigram_perplexities(
 
 
 @torch.no_grad()
-def routing_by_kind(model: nn.Module, rows: dict[str, Tensor], limit: int = 32) -> dict[int, Tensor]:
-    """Per MoE layer, a `[kinds, experts]` count of (token, chosen expert) pairs, kinds in `rows` order."""
+def measure_by_kind(
+    model: nn.Module, rows: dict[str, Tensor], limit: int = 32
+) -> tuple[dict[str, float], dict[int, Tensor]]:
+    """One pass over the first `limit` held-out rows of every kind.
+
+    Returns:
+        The perplexity per kind (every token but `<s>`), and per MoE layer a `[kinds, experts]` count
+        of (token, chosen expert) pairs, kinds in `rows` order.
+    """
+    model.eval()
     adapter = get_adapter(model)
     layers = adapter.moe_indices
     top_k = adapter.layer(layers[0]).top_k
-    counts: dict[int, Tensor] = {}
-    for row, kind_rows in enumerate(rows.values()):
+    perplexity, counts = {}, {}
+    for row, (kind, kind_rows) in enumerate(rows.items()):
+        total, count = 0.0, 0
         for batch in _batches(kind_rows, limit):
-            logits = model(input_ids=batch, output_router_logits=True).router_logits
-            for index, layer_logits in zip(layers, logits, strict=True):
+            out = model(input_ids=batch, output_router_logits=True)
+            logits = out.logits[:, :-1].float()
+            nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+            total, count = total + float(nll), count + batch[:, 1:].numel()
+            for index, layer_logits in zip(layers, out.router_logits, strict=True):
                 chosen = layer_logits.float().topk(top_k, dim=-1).indices.flatten()
                 experts = layer_logits.shape[-1]
                 matrix = counts.setdefault(index, torch.zeros(len(rows), experts, dtype=torch.long))
                 matrix[row] += torch.bincount(chosen, minlength=experts)
-    return counts
+        perplexity[kind] = round(math.exp(total / max(count, 1)), 3)
+    return perplexity, counts
 
 
 def normalised_mutual_information(counts: Tensor) -> float:

@@ -35,7 +35,7 @@ from moeprune.io_utils import atomic_dir, write_json
 from moeprune.profiling_plots import plot_kind_load
 from moeprune.testbed import diagnostics
 from moeprune.testbed.corpus import Corpus, build_corpus, heldout_text, mixed_batches, rows_by_kind
-from moeprune.testbed.presets import ModelSize, Plan, get_plan
+from moeprune.testbed.presets import ROUTER_AUX_LOSS_COEF, ModelSize, Plan, get_plan
 from moeprune.testbed.train import (
     TrainConfig,
     batches_from_rows,
@@ -67,7 +67,7 @@ def _common(size: ModelSize, tokenizer: PreTrainedTokenizerBase, aux_loss_coef: 
 
 
 def model_config(
-    family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBase, aux_loss_coef: float = 0.01
+    family: str, size: ModelSize, tokenizer: PreTrainedTokenizerBase, aux_loss_coef: float = ROUTER_AUX_LOSS_COEF
 ) -> PretrainedConfig:
     """The stock transformers config of `family` at `size`.
 
@@ -147,10 +147,10 @@ def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainC
 
 def _diagnose(model, name: str, heldout: dict, plan: Plan, out: Path) -> dict:
     """Per-kind perplexity and routing of one saved model; draws its kind x expert heat map."""
-    counts = diagnostics.routing_by_kind(model, heldout, plan.heldout_rows)
+    perplexity, counts = diagnostics.measure_by_kind(model, heldout, plan.heldout_rows)
     routing = diagnostics.routing_record(counts, list(heldout))
     plot_kind_load(routing, out / f"routing_{name}.png", title=f"{name}: kind x expert load")
-    return {"perplexity": diagnostics.kind_perplexities(model, heldout, plan.heldout_rows), "routing": routing}
+    return {"perplexity": perplexity, "routing": routing}
 
 
 def build_lm_testbed(

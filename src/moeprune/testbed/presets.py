@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 
 from moeprune.errors import MoepruneError
 
+ROUTER_AUX_LOSS_COEF = 0.001  # transformers' Qwen3MoeConfig and MixtralConfig default
+
 
 @dataclass
 class TrainConfig:
@@ -70,7 +72,7 @@ class Plan:
     adapt: TrainConfig
     adapt_max_len: int = 640
     heldout_rows: int = 32
-    router_aux_loss_coef: float = 0.001  # transformers' Qwen3MoeConfig and MixtralConfig default
+    router_aux_loss_coef: float = ROUTER_AUX_LOSS_COEF
 
 
 DEFAULT = Plan(

@@ -1,7 +1,8 @@
 """Seeded, deterministic CPU training for the testbed language models.
 
 Two kinds of data, both tokenized once up front:
-- pretraining: the text mixture as one token stream cut into fixed-length rows, loss on every token;
+- pretraining: each kind of text as one token stream cut into fixed-length rows (mixed per batch by
+  `testbed.corpus`), loss on every token;
 - fine-tuning: packed few-shot sequences in exactly the text format lm-eval's gsm8k task feeds
   ("Question: q\\nAnswer: a" joined by a blank line), loss only on the answers and on the
   "\\n\\nQuestion:" that follows each one, so the model answers the last question of a 5-shot prompt
@@ -101,16 +102,6 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
         labels[row, : len(ids)] = torch.tensor(row_labels)
         mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-
-
-def batches_from_tensor(rows: torch.Tensor, cfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
-    """`cfg.steps` random batches of pretraining rows (labels = inputs)."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = []
-    for _ in range(cfg.steps):
-        picked = rows[torch.randint(len(rows), (cfg.batch_size,), generator=generator)]
-        batches.append({"input_ids": picked, "labels": picked.clone(), "attention_mask": torch.ones_like(picked)})
-    return batches
 
 
 def batches_from_rows(
