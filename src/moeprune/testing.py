@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moeprune.arch.families import get_family
+
 _COMMON = dict(
     vocab_size=128,
     hidden_size=32,
@@ -72,6 +74,122 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             ),
         ),
         "phimoe": ("PhimoeConfig", dict(intermediate_size=48, num_local_experts=num_experts)),
+        "flex_olmo": ("FlexOlmoConfig", dict(intermediate_size=24, num_experts=num_experts, norm_topk_prob=True)),
+        "granitemoe": ("GraniteMoeConfig", dict(intermediate_size=24, num_local_experts=num_experts)),
+        "granitemoeshared": (
+            "GraniteMoeSharedConfig",
+            dict(intermediate_size=24, num_local_experts=num_experts, shared_intermediate_size=40),
+        ),
+        "mellum": (
+            "MellumConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_local_experts=num_experts,
+                norm_topk_prob=True,
+                head_dim=8,
+                sliding_window=16,
+            ),
+        ),
+        "cohere2_moe": (
+            "Cohere2MoeConfig",
+            dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, head_dim=8, sliding_window=16),
+        ),
+        "minimax_m2": ("MiniMaxM2Config", dict(intermediate_size=24, num_local_experts=num_experts, head_dim=8)),
+        "mimo_v2_flash": (
+            "MiMoV2FlashConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                n_routed_experts=num_experts,
+                n_group=2,
+                topk_group=2,
+                head_dim=8,
+                v_head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                layer_types=["full_attention", "full_attention", "full_attention"],
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "beam": (
+            "BeamConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                n_group=2,
+                topk_group=2,
+                head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "kolibri1": (
+            "Kolibri1Config",
+            dict(
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_local_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+            ),
+        ),
+        "laguna": (
+            "LagunaConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+                num_attention_heads_per_layer=[4, 4],
+                mlp_layer_types=["dense", "sparse"],
+            ),
+        ),
+        "ernie4_5_moe": (
+            "Ernie4_5_MoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                moe_num_experts=num_experts,
+                moe_k=top_k,
+                moe_num_shared_experts=1,
+                num_hidden_layers=3,
+                moe_layer_start_index=1,
+                moe_layer_end_index=2,
+            ),
+        ),
+        "hunyuan_v1_moe": (
+            "HunYuanMoEV1Config",
+            dict(intermediate_size=24, num_experts=num_experts, moe_topk=top_k, head_dim=8),
+        ),
+        "afmoe": (
+            "AfmoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_shared_experts=1,
+                num_dense_layers=1,
+                num_hidden_layers=3,
+                head_dim=8,
+                sliding_window=16,
+            ),
+        ),
+        "hy_v3": (
+            "HYV3Config",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_shared_experts=1,
+                head_dim=8,
+                mlp_layer_types=["dense", "sparse"],
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -90,14 +208,40 @@ def tiny_moe_model(
     config = getattr(transformers, config_name)(**kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    family_facts = get_family(config.model_type)
+    routers = ("gate.weight", "router.weight")
+    if family_facts is not None:
+        routers += (f"{family_facts.router_attr}.{family_facts.router_weight}",)
     with torch.no_grad():  # random routers so routing is non-trivial (some families init them to zero)
         for name, param in model.named_parameters():
-            if name.endswith(("gate.weight", "router.weight")) and param.dim() == 2:
+            if name.endswith(routers) and param.dim() == 2:
                 param.normal_(0.0, 0.5)
     return model.eval()
 
 
-FAMILIES_WITH_TINY_MODELS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe")
+FAMILIES_WITH_TINY_MODELS = (
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "phimoe",
+    "flex_olmo",
+    "granitemoe",
+    "granitemoeshared",
+    "mellum",
+    "cohere2_moe",
+    "minimax_m2",
+    "mimo_v2_flash",
+    "beam",
+    "kolibri1",
+    "laguna",
+    "ernie4_5_moe",
+    "hunyuan_v1_moe",
+    "afmoe",
+    "hy_v3",
+)
 
 
 def tiny_vmoe_config(**overrides):

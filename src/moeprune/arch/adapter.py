@@ -25,6 +25,14 @@ from moeprune.errors import MoepruneError
 _ROUTER_BIAS_NAMES = ("e_score_correction_bias", "bias")
 
 
+def _tensor_at(module: nn.Module, path: str) -> torch.Tensor | None:
+    """The tensor at dotted `path` inside `module` (a parameter or buffer), or None."""
+    value: object = module
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _is_stacked_experts(module: nn.Module) -> bool:
     up = getattr(module, "gate_up_proj", None)
     if up is None:
@@ -45,6 +53,7 @@ class MoELayer:
         router: the router module; `router(hidden [T, H])` returns `(logits [T, E], weights [T, k], index [T, k])`.
         experts: the stacked experts module.
         family: family facts.
+        decoder_layer: the decoder layer that holds the block (granitemoeshared keeps its shared MLP there).
     """
 
     index: int
@@ -53,6 +62,7 @@ class MoELayer:
     router: nn.Module
     experts: nn.Module
     family: Family
+    decoder_layer: nn.Module | None = None
 
     @property
     def num_experts(self) -> int:
@@ -65,16 +75,23 @@ class MoELayer:
     @property
     def router_weight(self) -> torch.Tensor:
         """Router rows, one per expert: `[E, H]`."""
-        return self.router.weight
+        return _tensor_at(self.router, self.family.router_weight)
+
+    @property
+    def router_inputs(self) -> dict[str, torch.Tensor]:
+        """Block-level per-expert tensors the block passes to its router (`Family.router_inputs`)."""
+        return {name: getattr(self.block, name) for name in self.family.router_inputs}
 
     @property
     def router_bias(self) -> torch.Tensor | None:
-        """The router's per-expert bias or score-correction bias `[E]`, if the family has one."""
-        for name in _ROUTER_BIAS_NAMES:
-            bias = getattr(self.router, name, None)
-            if isinstance(bias, torch.Tensor):
-                return bias
-        return None
+        """The per-expert bias or score-correction bias (`[E]` or `[1, E]`) of the router, its submodules
+        (Ernie's `moe_statics`) or its block (`Family.router_inputs`), if the family has one."""
+        for module in self.router.modules():
+            for name in _ROUTER_BIAS_NAMES:
+                bias = getattr(module, name, None)
+                if isinstance(bias, torch.Tensor) and bias.dim() <= 2 and bias.shape[-1] == self.num_experts:
+                    return bias
+        return next(iter(self.router_inputs.values()), None)
 
     @property
     def has_gate(self) -> bool:
@@ -102,13 +119,22 @@ class MoELayer:
 
     @property
     def shared_experts(self) -> dict[str, nn.Module]:
-        """Always-on shared experts of the block (never expert-pruned)."""
-        found = {name: getattr(self.block, name, None) for name in self.family.shared_attrs}
-        return {name: module for name, module in found.items() if isinstance(module, nn.Module)}
+        """Always-on shared experts of the block, or of its decoder layer beside it (never expert-pruned)."""
+        found = {}
+        for name in self.family.shared_attrs:
+            module = getattr(self.block, name, None)
+            if not isinstance(module, nn.Module) and self.decoder_layer is not None:
+                module = getattr(self.decoder_layer, name, None)
+            if isinstance(module, nn.Module):
+                found[name] = module
+        return found
 
     def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`)."""
-        return self.router(hidden.reshape(-1, hidden.shape[-1]))
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if self.family.router_takes_batch:
+            flat = flat.unsqueeze(0)
+        return self.router(flat, *self.router_inputs.values())
 
     def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
         """Views `[out, in]` of one expert's matrices (`gate_proj`, `up_proj`, `down_proj`).
@@ -190,15 +216,20 @@ class MoEAdapter:
             if not numbers:
                 continue
             block = model.get_submodule(block_path)
-            found.append(MoELayer(int(numbers[-1]), block_path, block, None, module, None))  # type: ignore[arg-type]
+            decoder_layer = model.get_submodule(block_path.rsplit(".", 1)[0]) if "." in block_path else None
+            found.append(
+                MoELayer(int(numbers[-1]), block_path, block, None, module, None, decoder_layer)  # type: ignore[arg-type]
+            )
         return sorted(found, key=lambda layer: layer.index)
 
     @staticmethod
     def _find_router(block: nn.Module, family: Family) -> nn.Module:
         router = getattr(block, family.router_attr, None)
-        if not isinstance(getattr(router, "weight", None), torch.Tensor):
+        missing = [name for name in family.router_inputs if not isinstance(getattr(block, name, None), torch.Tensor)]
+        if not isinstance(router, nn.Module) or _tensor_at(router, family.router_weight) is None or missing:
             raise MoepruneError(
-                f"no router '{family.router_attr}' with a weight found in MoE block {type(block).__name__}"
+                f"no router '{family.router_attr}' with '{family.router_weight}' (and block tensors "
+                f"{list(family.router_inputs)}) found in MoE block {type(block).__name__}"
             )
         return router
 

@@ -32,9 +32,15 @@ class Family:
         name: the config `model_type`.
         count_fields: config fields that hold the routed expert count (all are updated on removal).
         router_attr: name of the router module inside the MoE block.
+        router_weight: dotted path, inside the router, of its rows `[E, H]` (`weight`, or e.g. `wg.weight`
+            where the router wraps a Linear).
+        router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
+            the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
+        router_takes_batch: the router expects hidden states `[B, T, H]`, not `[T, H]`.
         gate: a short description of the gate function, for `inspect` and model cards.
-        renormalises: whether the gate renormalises over the chosen top-k (then removing unused
-            experts leaves outputs unchanged for tokens that never used them).
+        renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
+            did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
+            scores (then removing unused experts leaves outputs unchanged for tokens that never used them).
         shared_attrs: always-on shared experts inside the block (never expert-pruned).
         group_routing: DeepSeek-style group-limited routing needs equal-size groups after removal.
         min_per_group: experts each group must keep (DeepSeek-V3 scores a group by its top-2).
@@ -43,6 +49,9 @@ class Family:
     name: str
     count_fields: tuple[str, ...]
     router_attr: str = "gate"
+    router_weight: str = "weight"
+    router_inputs: tuple[str, ...] = ()
+    router_takes_batch: bool = False
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
     shared_attrs: tuple[str, ...] = ()
@@ -96,6 +105,94 @@ FAMILIES: dict[str, Family] = {
             min_per_group=2,
         ),
         Family("phimoe", ("num_local_experts",), router_attr="router", gate="sparsemixer", renormalises=_never),
+        Family(
+            "flex_olmo",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+        ),
+        Family("granitemoe", ("num_local_experts",), router_attr="router", gate="top-k logits -> softmax"),
+        Family(
+            "granitemoeshared",
+            ("num_local_experts",),
+            router_attr="router",
+            gate="top-k logits -> softmax",
+            shared_attrs=("shared_mlp",),
+        ),
+        Family(
+            "mellum",
+            ("num_local_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+        ),
+        Family(
+            "cohere2_moe",
+            ("num_experts",),
+            gate="top-k logits -> softmax, or sigmoid (renormalise if norm_topk_prob)",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "minimax_m2",
+            ("num_local_experts",),
+            gate="sigmoid + block-level correction bias -> top-k -> renormalise",
+            router_inputs=("e_score_correction_bias",),
+        ),
+        Family(
+            "mimo_v2_flash",
+            ("n_routed_experts",),
+            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+            group_routing=_always,
+            min_per_group=2,
+        ),
+        Family(
+            "beam",
+            ("num_experts",),
+            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+            group_routing=_always,
+            min_per_group=2,
+        ),
+        Family(
+            "kolibri1",
+            ("num_local_experts",),
+            gate="logits + correction bias -> top-k -> sigmoid (renormalise if norm_topk_prob)",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "laguna",
+            ("num_experts",),
+            gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "ernie4_5_moe",
+            ("moe_num_experts",),
+            gate="softmax -> top-k by softmax + correction bias -> renormalise",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "hunyuan_v1_moe",
+            ("num_experts",),
+            router_weight="wg.weight",
+            gate="softmax -> top-k -> renormalise",
+            shared_attrs=("shared_mlp",),
+        ),
+        Family(
+            "afmoe",
+            ("num_experts",),
+            router_attr="router",
+            router_weight="gate.weight",
+            router_inputs=("expert_bias",),
+            router_takes_batch=True,
+            gate="sigmoid + block-level expert bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "hy_v3",
+            ("num_experts",),
+            router_inputs=("e_score_correction_bias",),
+            gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )
 }

@@ -79,12 +79,15 @@ def _check_groups(adapter: MoEAdapter, layer: MoELayer, kept: list[int]) -> None
 def _per_expert_slots(layer: MoELayer) -> list[tuple[nn.Module, str, int]]:
     """(module, tensor name, expert dimension) of every stacked expert tensor and router tensor of `layer`."""
     slots = []
+    count = layer.num_experts
     for module in (layer.experts, *layer.router.modules()):
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            # Ernie keeps its correction bias as [1, E]; every other router tensor is [E, ...].
-            dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
-            if tensor.dim() > dim and tensor.shape[dim] == layer.num_experts:
+            # A per-expert bias may be stored [1, E] (Ernie's correction bias); every other tensor is [E, ...].
+            dim = 1 if tensor.dim() == 2 and tensor.shape[0] == 1 and tensor.shape[1] == count else 0
+            if tensor.dim() > dim and tensor.shape[dim] == count:
                 slots.append((module, name, dim))
+    for name, tensor in layer.router_inputs.items():  # block-level biases the block hands its router
+        slots.append((layer.block, name, 1 if tensor.dim() == 2 and tensor.shape[0] == 1 else 0))
     return slots
 
 
@@ -107,7 +110,8 @@ def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
         for attr in _COUNT_ATTRS:
             if getattr(module, attr, None) == old and not isinstance(getattr(module, attr), torch.Tensor):
                 setattr(module, attr, new)
-        if isinstance(module, nn.Linear) and module.out_features == old and module is layer.router:
+    for module in layer.router.modules():  # a Linear router, or the Linear a router wraps
+        if isinstance(module, nn.Linear) and module.out_features == old:
             module.out_features = new
 
 
