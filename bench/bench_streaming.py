@@ -102,7 +102,7 @@ def write_checkpoint(out: Path, layers: int, shape: dict, seed: int = 0) -> int:
     """A random Mixtral checkpoint, one shard per layer (plus one for the rest); returns its bytes on disk."""
     from transformers import MixtralConfig
 
-    from moeprune.shards import INDEX_FILE, write_file
+    from moeprune.checkpoint.shards import INDEX_FILE, write_file
 
     out.mkdir(parents=True, exist_ok=True)
     MixtralConfig(num_hidden_layers=layers, **shape).save_pretrained(out)
@@ -132,7 +132,7 @@ def check_layout(workdir: Path) -> dict:
     """Write a 2-layer checkpoint with the same writer and load it with stock `from_pretrained`."""
     from transformers import AutoModelForCausalLM
 
-    from moeprune.shards import ShardReader
+    from moeprune.checkpoint.shards import ShardReader
 
     small = workdir / "layout-check"
     write_checkpoint(small, layers=2, shape=shape_for("3gb"), seed=1)
@@ -188,7 +188,7 @@ def _run_worker(mode: str, model: Path, calib: Path, out: Path) -> dict:
 
 def compare_outputs(first: Path, second: Path) -> dict:
     """Tensor-by-tensor equality of two model directories (one tensor in memory at a time)."""
-    from moeprune.shards import ShardReader
+    from moeprune.checkpoint.shards import ShardReader
 
     a, b = ShardReader(first), ShardReader(second)
     same_keys = set(a.files) == set(b.files)

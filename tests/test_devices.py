@@ -106,12 +106,12 @@ def test_stages_run_on_the_device_and_agree_with_the_cpu(tmp_path, tiny_checkpoi
 def test_streaming_on_the_device_matches_in_memory_on_the_cpu(tmp_path, tiny_checkpoint, device):
     from safetensors.torch import load_file
 
-    from moeprune.shards import ShardReader
+    from moeprune.checkpoint.shards import ShardReader
+    from moeprune.checkpoint.source import open_model
     from moeprune.stages import profile, prune_unstructured
-    from moeprune.streaming import StreamingModel
 
     model, calib = tiny_checkpoint
-    assert StreamingModel(model, device=device).model.model.embed_tokens.weight.is_meta
+    assert open_model(model, streaming=True, device=device).model.model.embed_tokens.weight.is_meta
     for streaming, where in ((True, device), (False, "cpu")):
         out = tmp_path / f"{streaming}"
         summary = profile.run(model=model, calib=calib, out=out / "profile", streaming=streaming, device=where)

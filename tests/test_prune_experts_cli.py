@@ -52,7 +52,8 @@ def test_prune_experts_writes_stock_loadable_dir(mixtral_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "8 -> 4" in result.output
-    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "model.safetensors.index.json").is_file() and (out / "tokenizer.json").is_file()
+    assert len(list(out.glob("*.safetensors"))) == 3  # a shard per decoder layer, one for the rest
     lineage = json.loads((out / "moeprune.json").read_text())
     assert lineage["stage"] == "prune-experts" and lineage["params"]["keep"]["0"] == [1, 3, 5, 7]
     assert lineage["base_stats"]["experts_per_layer"] == 8 and len(lineage["scores_sha256"]) == 64

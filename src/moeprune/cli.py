@@ -270,6 +270,9 @@ def evaluate(
         Path | None, typer.Option("--include-path", help="Folder of lm-eval task YAMLs (lm-eval: tasks).")
     ] = None,
     backend: Annotated[str, typer.Option(help="lm-eval backend for lm-eval: tasks: hf or vllm.")] = "hf",
+    streaming: Annotated[
+        bool, typer.Option("--streaming", help="perplexity: one decoder layer in memory at a time.")
+    ] = False,
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
     _call(
@@ -283,6 +286,7 @@ def evaluate(
         overwrite=overwrite,
         include_path=include_path,
         backend=backend,
+        streaming=streaming,
     )
 
 

@@ -5,17 +5,17 @@ once, then for each block let a callback observe / modify it, and run the block 
 inputs of the next one. Only one block's activations are live at a time, and a callback that
 prunes a block before its outputs are computed passes the pruned outputs on (errors do not hide).
 
-The blocks come from a `BlockSource`: `InMemoryBlocks` (a loaded model) or `streaming.StreamingModel`
-(one layer read from the safetensors shards at a time, released after use). The loop is the same:
+The blocks come from a `moeprune.checkpoint.ModelSource` (a loaded model, or one decoder layer read
+from the safetensors shards at a time and released after use); the loop is the same:
 
-    source = source_for(model, adapter)   # the streaming source attached to a skeleton, else in memory
+    source = open_model(model_dir, streaming, device)
     run(source, batches, on_block, on_done=writer.write_block)
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,8 +25,6 @@ from tqdm.auto import tqdm
 
 from moeprune.arch.adapter import MoEAdapter
 from moeprune.errors import MoepruneError
-
-_SOURCE_ATTR = "_moeprune_block_source"
 
 
 class _StopForward(Exception):
@@ -127,44 +125,6 @@ class BlockSource(Protocol):
         ...
 
 
-@dataclass
-class InMemoryBlocks:
-    """Every block is already in memory: `block(i)` yields it and releases nothing."""
-
-    model: nn.Module
-    adapter: MoEAdapter
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.adapter.decoder_layers)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> BlockInputs:
-        return capture_block_inputs(self.model, self.adapter, batches)
-
-    @contextlib.contextmanager
-    def block(self, index: int) -> Iterator[nn.Module]:
-        yield self.adapter.decoder_layers[index]
-
-
-def attach_source(model: nn.Module, source: BlockSource) -> None:
-    """Mark `model` (a streaming skeleton) so that `source_for` finds the source that fills its blocks."""
-    object.__setattr__(model, _SOURCE_ATTR, source)
-
-
-def source_for(model: nn.Module, adapter: MoEAdapter) -> BlockSource:
-    """The streaming source attached to `model`, or the in-memory source over its blocks."""
-    return getattr(model, _SOURCE_ATTR, None) or InMemoryBlocks(model, adapter)
-
-
-def is_streamed(model: nn.Module) -> bool:
-    """Whether `model` is a streaming skeleton (its decoder blocks are read from disk on demand)."""
-    return getattr(model, _SOURCE_ATTR, None) is not None
-
-
 def check_shared_block_inputs(model: nn.Module) -> None:
     """Refuse models whose blocks get different masks (mixed sliding / full attention): block 0's do not fit all."""
     layer_types = getattr(getattr(model, "config", None), "layer_types", None) or []
@@ -181,12 +141,15 @@ def run(
     on_block: OnBlock,
     description: str = "layers",
     on_done: OnDone | None = None,
-) -> None:
+) -> list[torch.Tensor]:
     """Call `on_block(index, block, inputs)` for each decoder block in order, then propagate.
 
     `on_block` may run the block itself (with hooks) and change its weights; the next block receives
     the outputs of the block as it is after `on_block` returns. `on_done(index, block)` runs after the
     outputs are computed, while the block is still materialised (e.g. to write it out).
+
+    Returns:
+        The outputs of the last block for every batch.
     """
     check_shared_block_inputs(source.model)
     inputs = source.capture(batches)
@@ -196,3 +159,4 @@ def run(
             inputs.hidden = run_block(block, inputs)
             if on_done is not None:
                 on_done(index, block)
+    return inputs.hidden

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from moeprune import layerwise
 from moeprune.arch import get_adapter
+from moeprune.checkpoint.source import ModelSource, as_source
 from moeprune.errors import MoepruneError
 
 PROFILE_IMPLEMENTATION = "moeprune_profile"
@@ -239,16 +239,20 @@ def register_profile_implementation() -> None:
 
 
 @contextlib.contextmanager
-def profiling(model: nn.Module) -> Iterator[dict[int, ExpertStatsAccumulator]]:
+def profiling(model: nn.Module, device: torch.device | None = None) -> Iterator[dict[int, ExpertStatsAccumulator]]:
     """Route `model`'s experts through `moeprune_profile`; yield layer index -> accumulator.
 
-    The previous experts implementation and the router hooks are restored on exit.
+    The sums live on `device` (default: beside each router). The previous experts implementation and
+    the router hooks are restored on exit.
     """
     register_profile_implementation()
     adapter = get_adapter(model)
     accumulators = {
         layer.index: ExpertStatsAccumulator(
-            layer.num_experts, layer.router_weight.shape[1], layer.intermediate_size, _stats_device(model, layer)
+            layer.num_experts,
+            layer.router_weight.shape[1],
+            layer.intermediate_size,
+            device or layer.router_weight.device,
         )
         for layer in adapter.layers
     }
@@ -270,12 +274,6 @@ def profiling(model: nn.Module) -> Iterator[dict[int, ExpertStatsAccumulator]]:
         for handle in handles:
             handle.remove()
         model.set_experts_implementation(previous)
-
-
-def _stats_device(model: nn.Module, layer) -> torch.device:
-    """Where a layer's sums live: beside its router, or (streaming skeleton, router on meta) beside the embeddings."""
-    device = layer.router_weight.device
-    return device if device.type != "meta" else layerwise.source_for(model, get_adapter(model)).device
 
 
 def _logit_hook(accumulator: ExpertStatsAccumulator):
@@ -314,30 +312,18 @@ def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> Any:
         return model(**layerwise.model_inputs(batch, model))
 
 
-def _profile_pass(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> int:
-    """Push every batch through the model (inside `profiling`); returns the number of batches.
+def profile_model(model: nn.Module | ModelSource, batches: Iterable[dict[str, Tensor]]) -> Profile:
+    """Run every calibration batch through the model once and collect the per-layer statistics.
 
-    A streaming skeleton (`moeprune.streaming`) is run layer by layer through `layerwise.run`, each decoder
-    layer read from disk once; its blocks see the same inputs as in one full forward pass per batch.
+    `model`: a loaded model, or a `ModelSource` (a streamed one reads each decoder layer once; its blocks
+    see the same inputs as in one full forward pass per batch).
     """
-    if not layerwise.is_streamed(model):
-        count = 0
-        for batch in tqdm(batches, desc="profile", unit="batch", disable=None):
-            forward_batch(model, batch)
-            count += 1
-        return count
-    batches = list(batches)
-    if batches:
-        source = layerwise.source_for(model, get_adapter(model))
-        layerwise.run(source, batches, lambda *_: None, description="profile (streaming)")
-    return len(batches)
-
-
-def profile_model(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Profile:
-    """Run every calibration batch through `model` once and collect the per-layer statistics."""
     start = time.perf_counter()
-    with profiling(model) as accumulators:
-        batch_count = _profile_pass(model, batches)
+    source = as_source(model)
+    batches = list(batches)
+    with profiling(source.model, source.device) as accumulators:
+        source.forward(batches, "profile")
+    batch_count = len(batches)
     if batch_count == 0:
         raise MoepruneError("the calibration data is empty; make it with `moeprune calibrate --samples N`")
     layers = {index: acc.result() for index, acc in accumulators.items()}
@@ -348,7 +334,7 @@ def profile_model(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Pro
         "tokens": max(tokens.values()),
         "tokens_per_layer": {str(i): t for i, t in tokens.items()},
         "batches": batch_count,
-        "model_type": getattr(model.config, "model_type", None),
+        "model_type": getattr(source.model.config, "model_type", None),
         "seconds": round(time.perf_counter() - start, 3),
     }
     return Profile(layers, summary)

@@ -181,7 +181,12 @@ def remove_experts(model: nn.Module, keep: dict[int, list[int]]) -> dict[int, li
     old_counts = {layer.num_experts for layer in adapter.layers}
     for layer in adapter.layers:
         _remove_in_layer(layer, complete[layer.index])
-    new_count = len(next(iter(complete.values())))
+    set_expert_count(model, adapter, old_counts, len(next(iter(complete.values()))))
+    return complete
+
+
+def set_expert_count(model: nn.Module, adapter: MoEAdapter, old_counts: set[int], new_count: int) -> None:
+    """After every layer lost experts: the config's count field(s), the model's cached counts, top_k (clamped)."""
     config = model.config
     for field in adapter.family.count_fields:
         setattr(config, field, new_count)
@@ -189,4 +194,17 @@ def remove_experts(model: nn.Module, keep: dict[int, list[int]]) -> dict[int, li
         if getattr(model, attr, None) in old_counts:
             setattr(model, attr, new_count)
     _clamp_top_k(model, config, new_count)
-    return complete
+
+
+def remove_experts_in_layer(layer: MoELayer, kept: list[int]) -> None:
+    """Slice one MoE layer to the (validated, sorted) keep-set `kept`; `set_expert_count` finishes the model."""
+    _remove_in_layer(layer, kept)
+
+
+def validate_merges(adapter: MoEAdapter, merges: dict[int, dict[int, list[int]]]) -> None:
+    """Check STUN merges against the model's MoE layers (what `merge_experts` checks), without reading weights."""
+    layers = {layer.index: layer for layer in adapter.layers}
+    for index, groups in merges.items():
+        if index not in layers:
+            raise MoepruneError(f"merge names layer {index}, which is not an MoE layer; MoE layers: {sorted(layers)}")
+        _check_merges(layers[index], groups)

@@ -253,7 +253,7 @@ def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a calibration file (`input_ids`, or `pixel_values` and `labels`), checked against its sidecar."""
     from safetensors.torch import load_file
 
-    from moeprune.shards import check_safetensors
+    from moeprune.checkpoint.shards import check_safetensors
 
     path = Path(path)
     if not path.is_file():

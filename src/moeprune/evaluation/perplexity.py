@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from moeprune.checkpoint.budget import memory_budget_bytes
+from moeprune.checkpoint.source import ModelSource, as_source, open_model
+from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 
 DEFAULT_MAX_SEQ_LEN = 2048
@@ -33,9 +35,8 @@ def split_windows(ids: list[int], seq_len: int) -> list[torch.Tensor]:
     return windows
 
 
-def window_nll(model: torch.nn.Module, batch: torch.Tensor) -> tuple[float, int]:
+def window_nll(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
     """Summed negative log-likelihood (float64) of the predicted tokens of `batch [B, L]`, and their count."""
-    logits = model(input_ids=batch).logits  # [B, L, V]
     total = 0.0
     for row in range(batch.shape[0]):  # one row at a time keeps the float32 copy of the logits small
         predicted = logits[row, :-1].float()
@@ -53,18 +54,39 @@ def window_length(model: torch.nn.Module, seq_len: int | None) -> int:
     return seq_len
 
 
-def perplexity_of_windows(model: torch.nn.Module, windows: list[torch.Tensor], batch_size: int) -> tuple[float, int]:
-    """(perplexity, number of predicted tokens) over windows; equal-length windows are batched."""
-    device = next(model.parameters()).device
+def perplexity_of_windows(
+    model: torch.nn.Module | ModelSource, windows: list[torch.Tensor], batch_size: int
+) -> tuple[float, int]:
+    """(perplexity, number of predicted tokens) over windows; equal-length windows are batched.
+
+    A streamed source runs a chunk of batches through the decoder layer by layer, then the model's head;
+    a chunk's hidden states take at most a quarter of the memory budget.
+    """
+    source = as_source(model)
     full = [w for w in windows if len(w) == len(windows[0])]
     batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
     batches += [w.unsqueeze(0) for w in windows[len(full) :]]
     nll, count = 0.0, 0
-    with torch.inference_mode():
-        for batch in tqdm(batches, desc="perplexity", disable=None):
-            batch_nll, batch_count = window_nll(model, batch.to(device))
+    for chunk in _chunks(batches, source.model.config.get_text_config().hidden_size):
+        inputs = [{"input_ids": batch} for batch in chunk]
+        for batch, logits in zip(chunk, source.logits(inputs, "perplexity"), strict=True):
+            batch_nll, batch_count = window_nll(logits, batch.to(logits.device))
             nll, count = nll + batch_nll, count + batch_count
     return math.exp(nll / count), count
+
+
+def _chunks(batches: list[torch.Tensor], hidden_size: int) -> list[list[torch.Tensor]]:
+    """Consecutive groups of batches whose float32 hidden states take at most a quarter of the budget."""
+    limit = max(1, memory_budget_bytes() // 4 // (4 * hidden_size))  # tokens per chunk
+    chunks: list[list[torch.Tensor]] = [[]]
+    tokens = 0
+    for batch in batches:
+        if chunks[-1] and tokens + batch.numel() > limit:
+            chunks.append([])
+            tokens = 0
+        chunks[-1].append(batch)
+        tokens += batch.numel()
+    return chunks
 
 
 def evaluate_perplexity(
@@ -74,6 +96,7 @@ def evaluate_perplexity(
     batch_size: int = 8,
     seq_len: int | None = None,
     device: str = "auto",
+    streaming: bool = False,
 ) -> dict[str, float | int]:
     """Perplexity of the causal LM in `model_dir` on the text in `path`.
 
@@ -84,11 +107,11 @@ def evaluate_perplexity(
         batch_size: Windows per forward pass.
         seq_len: Tokens per window; default the model's context (at most 2048).
         device: see `moeprune.devices.resolve_device`.
+        streaming: read the model one decoder layer at a time (automatic above the memory budget).
 
     Returns:
         `{"perplexity": float, "perplexity.tokens": number of predicted tokens}`.
     """
-    from moeprune.arch import load_model
     from moeprune.data.calibration import load_tokenizer, text_documents, tokenize_documents
 
     if batch_size <= 0 or (limit is not None and limit <= 0) or (seq_len is not None and seq_len < 2):
@@ -96,14 +119,15 @@ def evaluate_perplexity(
             f"perplexity needs batch_size > 0, limit > 0, seq_len >= 2; got {batch_size}, {limit}, {seq_len}"
         )
     documents = text_documents(path, fields=("text", "answer"))
-    model = load_model(model_dir, device=device)
+    source = open_model(model_dir, streaming, resolve_device(device))
+    model = source.model
     if is_image_classifier(model):
         raise MoepruneError(f"{model_dir} is an image classifier; perplexity needs a causal LM")
     ids = tokenize_documents(load_tokenizer(model_dir), documents)
     windows = split_windows(ids, window_length(model, seq_len))[:limit]
     if not windows:
         raise MoepruneError(f"{path} gives fewer than 2 tokens; perplexity needs more text")
-    value, count = perplexity_of_windows(model, windows, batch_size)
+    value, count = perplexity_of_windows(source, windows, batch_size)
     return {"perplexity": value, "perplexity.tokens": count}
 
 

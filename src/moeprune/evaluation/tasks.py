@@ -8,8 +8,9 @@
 
 Several tasks may be given at once, comma-separated (`gsm8k-local:test.jsonl,perplexity:test.jsonl`).
 A new task is one function decorated with `@register_task("name", metrics="prefix", argument="PATH")`,
-called as `fn(model_dir, argument, limit, batch_size, device, include_path=..., backend=...)` (the two
-options are lm-eval's; other tasks ignore them).
+called as `fn(model_dir, argument, limit, batch_size, device, include_path=..., backend=..., streaming=...)`
+(the first two options are lm-eval's; a task registered with `streams=True` reads the model layer by layer
+when `streaming` is set, every other task needs the whole model and refuses one above the memory budget).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Task:
             with the same prefix cannot run together.
         is_path: whether the argument is a path that must exist (`lm-eval:NAME` is not).
         check: `check(argument, include_path=..., backend=...)`, run before any model is loaded.
+        streams: whether the task can read the model one decoder layer at a time (perplexity).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Task:
     metrics: str
     is_path: bool = True
     check: Checker | None = None
+    streams: bool = False
 
     @property
     def usage(self) -> str:
@@ -55,12 +58,17 @@ TASKS: dict[str, Task] = {}
 
 
 def register_task(
-    name: str, metrics: str, argument: str | None = None, is_path: bool = True, check: Checker | None = None
+    name: str,
+    metrics: str,
+    argument: str | None = None,
+    is_path: bool = True,
+    check: Checker | None = None,
+    streams: bool = False,
 ) -> Callable[[Evaluator], Evaluator]:
     """Register `fn(model_dir, argument, limit, batch_size, device, **options)` as task `name`."""
 
     def decorator(fn: Evaluator) -> Evaluator:
-        TASKS[name] = Task(name, argument, fn, metrics, is_path, check)
+        TASKS[name] = Task(name, argument, fn, metrics, is_path, check, streams)
         return fn
 
     return decorator
@@ -84,13 +92,19 @@ def _gsm8k_local(
     return evaluate_gsm8k(model_dir, path, limit, batch_size, device=device)
 
 
-@register_task("perplexity", metrics="perplexity", argument="PATH")
+@register_task("perplexity", metrics="perplexity", argument="PATH", streams=True)
 def _perplexity(
-    model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
+    model_dir: Path,
+    path: Path | None,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    streaming: bool = False,
+    **_: Any,
 ) -> dict[str, Any]:
     from moeprune.evaluation.perplexity import evaluate_perplexity
 
-    return evaluate_perplexity(model_dir, path, limit, batch_size, device=device)
+    return evaluate_perplexity(model_dir, path, limit, batch_size, device=device, streaming=streaming)
 
 
 @register_task("imagenet", metrics="imagenet", argument="DIR")
@@ -176,9 +190,16 @@ def run_tasks(
 ) -> dict[str, Any]:
     """Run every task of a comma-separated `--task` string on one model; merge their flat metrics.
 
-    `options` (`include_path`, `backend`) go to every task; only lm-eval's use them.
+    `options` (`include_path`, `backend`, `streaming`) go to every task; a task that needs the whole
+    model is refused first (one line) when the model must be streamed.
     """
+    from moeprune.checkpoint.budget import check_fits_whole
+
+    parsed = parse_tasks(specs)
+    for task, _ in parsed:
+        if not task.streams:
+            check_fits_whole(model_dir, bool(options.get("streaming")), f"task {task.name!r}")
     metrics: dict[str, Any] = {}
-    for task, argument in parse_tasks(specs):
+    for task, argument in parsed:
         metrics.update(task.evaluate(Path(model_dir), argument, limit, batch_size, device, **options))
     return metrics

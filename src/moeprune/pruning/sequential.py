@@ -150,7 +150,7 @@ def prune_model(
     """Prune the whole model block by block; returns the per-block sparsity report.
 
     Args:
-        source: the blocks (`layerwise.InMemoryBlocks` or a `streaming.StreamingModel`).
+        source: the blocks (a `moeprune.checkpoint.ModelSource`: in memory or streamed).
         batches: calibration batches (empty for magnitude without OWL).
         settings: what to prune and how.
         on_done: called with each block once it is pruned (streaming: write it out before release).

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from moeprune.arch import MoEAdapter, MoELayer
+from moeprune.checkpoint.source import ModelSource, as_source
 from moeprune.errors import MoepruneError
 from moeprune.profiling import Profile
 from moeprune.validation import check_fraction
@@ -34,32 +35,41 @@ class LayerScores:
 class ScoringContext:
     """Everything a scoring method may use.
 
+    Weights are read only through `source`: `source.materialized(router_modules(adapter))` for router
+    rows, `source.materialized([layer.experts])` or `source.block(i)` for one layer. A streamed source
+    (what the `score` stage opens) holds every other tensor on the meta device, so a method reads no
+    more than it asks for.
+
     Attributes:
-        model: the model to prune (eval mode).
+        model: the model to prune (eval mode; streamed: a skeleton whose tensors are read on demand).
         adapter: its MoE adapter.
         expert_sparsity: fraction of routed experts to remove in every MoE layer, in [0, 1).
         profile: activation profile of `model` (frequency, soft-frequency, reap, stun with lambda2).
-        reference: the pretrained model `model` was fine-tuned from (router-change).
+        reference: the pretrained model `model` was fine-tuned from (router-change), loaded or a `ModelSource`.
         batches: calibration batches (naee).
         seed: seed of random choices.
         options: method options (e.g. naee `max_combinations`, stun `lambda2`, `global_budget`).
         forward_passes: calibration forward passes the method spent (methods add to it).
         extra: method-specific facts for the scores file (e.g. stun per-layer counts).
+        source: where the weights come from (default: `model` as loaded).
     """
 
     model: nn.Module
     adapter: MoEAdapter
     expert_sparsity: float
     profile: Profile | None = None
-    reference: nn.Module | None = None
+    reference: nn.Module | ModelSource | None = None
     batches: list[dict[str, Tensor]] | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     forward_passes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    source: ModelSource | None = None
 
     def __post_init__(self) -> None:
         check_sparsity(self.expert_sparsity)
+        if self.source is None:
+            self.source = as_source(self.model)
 
     def keep_count(self, layer: MoELayer) -> int:
         """Experts layer `layer` keeps: round(E * (1 - expert_sparsity)), at least 1."""
@@ -91,12 +101,12 @@ class ScoringContext:
             )
         return self.profile
 
-    def require_reference(self, method: str) -> nn.Module:
+    def require_reference(self, method: str) -> ModelSource:
         if self.reference is None:
             raise MoepruneError(
                 f"method '{method}' needs the pretrained checkpoint the model was fine-tuned from; pass --reference DIR"
             )
-        return self.reference
+        return as_source(self.reference)
 
     def require_batches(self, method: str) -> list[dict[str, Tensor]]:
         if not self.batches:
@@ -106,6 +116,11 @@ class ScoringContext:
     def option(self, name: str, default: Any) -> Any:
         """A method option, `default` when not given."""
         return self.options.get(name, default)
+
+
+def router_modules(adapter: MoEAdapter) -> list[nn.Module]:
+    """The router of every MoE layer (what router-only methods materialise)."""
+    return [layer.router for layer in adapter.layers]
 
 
 def check_sparsity(expert_sparsity: float) -> None:

@@ -220,7 +220,7 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
 
     One layer-by-layer pass (`layerwise.run`): each MoE block's inputs are recorded while its decoder
     layer propagates the calibration states, then its keep-sets are enumerated while the layer is in
-    memory; a streaming skeleton (`moeprune.streaming`) reads each layer from disk once.
+    memory; a streamed source (`moeprune.checkpoint`) reads each layer from disk once.
     """
     plans = _plan(ctx)  # refuse before spending a forward pass
     batches = ctx.require_batches("naee")
@@ -243,7 +243,7 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
         details[str(index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
 
     progressive = bool(ctx.option("progressive", False))
-    source = layerwise.source_for(ctx.model, ctx.adapter)
+    source = ctx.source
     restriction = contextlib.ExitStack()
 
     def decide_first(index: int, block: nn.Module, inputs) -> None:

@@ -15,12 +15,12 @@ Prune the smallest scores in every layer.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from moeprune.arch import MoEAdapter, get_adapter
+from moeprune.arch import MoEAdapter
 from moeprune.errors import MoepruneError
 from moeprune.scoring import SCORERS
-from moeprune.scoring.base import LayerScores, ScoringContext, ranked_layer_scores
+from moeprune.scoring.base import LayerScores, ScoringContext, ranked_layer_scores, router_modules
 
 
 def check_same_architecture(model: MoEAdapter, reference: MoEAdapter) -> None:
@@ -55,10 +55,15 @@ def router_row_distance(finetuned: Tensor, pretrained: Tensor) -> Tensor:
 
 
 def _router_scores(ctx: ScoringContext, method: str, formula) -> dict[int, LayerScores]:
-    reference: nn.Module = ctx.require_reference(method)
-    reference_adapter = get_adapter(reference)
+    """Router rows only, of both models: nothing else is read (streamed sources hold the rest on meta)."""
+    reference = ctx.require_reference(method)
+    reference_adapter = reference.adapter
     check_same_architecture(ctx.adapter, reference_adapter)
-    with torch.no_grad():
+    with (
+        ctx.source.materialized(router_modules(ctx.adapter)),
+        reference.materialized(router_modules(reference_adapter)),
+        torch.no_grad(),
+    ):
         scores = {
             layer.index: formula(
                 layer.router_weight.detach().cpu(), reference_adapter.layer(layer.index).router_weight.detach().cpu()

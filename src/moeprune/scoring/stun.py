@@ -30,7 +30,7 @@ from torch import Tensor
 from moeprune.arch import MoELayer
 from moeprune.errors import MoepruneError
 from moeprune.scoring import SCORERS
-from moeprune.scoring.base import LayerScores, ScoringContext
+from moeprune.scoring.base import LayerScores, ScoringContext, router_modules
 
 BISECTION_STEPS = 100
 KAPPA = 3  # selective reconstruction merges clusters smaller than this
@@ -91,7 +91,7 @@ def representative(layer: MoELayer, cluster: list[int]) -> int:
     """
     if len(cluster) == 1:
         return cluster[0]
-    members = torch.tensor(cluster, device=layer.router_weight.device)
+    members = torch.tensor(cluster, device=layer.down_proj.device)
     squared = torch.zeros(len(cluster), dtype=torch.float64, device=members.device)
     with torch.no_grad():
         for param in (layer.up_param, layer.down_proj):  # gate and up (or up alone), then down: every matrix
@@ -102,12 +102,17 @@ def representative(layer: MoELayer, cluster: list[int]) -> int:
     return cluster[int(torch.argmin(squared))]
 
 
-def _layer_result(layer: MoELayer, clusters: list[list[int]], kappa: int) -> LayerScores:
-    """Representatives and scores; clusters of 2..kappa-1 members are merged into their representative."""
+def _layer_result(ctx: ScoringContext, layer: MoELayer, clusters: list[list[int]], kappa: int) -> LayerScores:
+    """Representatives and scores; clusters of 2..kappa-1 members are merged into their representative.
+
+    The layer's experts are read here, one layer at a time, and only when a cluster has several members.
+    """
     scores = [0.0] * layer.num_experts
     keep, merge = [], {}
-    for cluster in clusters:
-        chosen = representative(layer, cluster)
+    experts = [layer.experts] if any(len(cluster) > 1 for cluster in clusters) else []
+    with ctx.source.materialized(experts):
+        chosen_per_cluster = [representative(layer, cluster) for cluster in clusters]
+    for cluster, chosen in zip(clusters, chosen_per_cluster, strict=True):
         scores[chosen] = float(len(cluster))
         keep.append(chosen)
         if 1 < len(cluster) < kappa:
@@ -148,7 +153,7 @@ def _uniform(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Lay
             sub = distances[layer.index][members.start : members.stop, members.start : members.stop]
             found, _ = complete_linkage(sub, clusters=per_group)
             clusters += [[members.start + i for i in cluster] for cluster in found]
-        result[layer.index] = _layer_result(layer, clusters, kappa)
+        result[layer.index] = _layer_result(ctx, layer, clusters, kappa)
     return result
 
 
@@ -192,7 +197,7 @@ def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Laye
     result = {}
     for layer in ctx.adapter.layers:
         clusters, _ = complete_linkage(distances[layer.index], threshold=tau)
-        result[layer.index] = _layer_result(layer, clusters, kappa)
+        result[layer.index] = _layer_result(ctx, layer, clusters, kappa)
     counts = {str(i): len(r.keep) for i, r in result.items()}
     ctx.extra["stun"] = {
         "mode": "global",
@@ -207,7 +212,8 @@ def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Laye
 @SCORERS.register("stun")
 def score_stun(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Cluster experts by router-row (and co-activation) distance; keep one representative per cluster."""
-    distances = _distances(ctx)
+    with ctx.source.materialized(router_modules(ctx.adapter)):
+        distances = _distances(ctx)
     if ctx.option("global_budget", False):
         return _global(ctx, distances)
     ctx.extra["stun"] = {"mode": "uniform"}

@@ -36,6 +36,7 @@ def run(
     overwrite: bool = False,
     include_path: Path | None = None,
     backend: str = "hf",
+    streaming: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` on `task` and write the flat metrics JSON to `out`.
 
@@ -49,6 +50,8 @@ def run(
         device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
         include_path: a folder of lm-eval task YAMLs for `lm-eval:` tasks.
         backend: lm-eval's model backend for `lm-eval:` tasks, `hf` or `vllm`.
+        streaming: read the model one decoder layer at a time (perplexity; automatic above the memory
+            budget). Tasks that generate need the whole model and refuse a model that must be streamed.
 
     Returns:
         The metrics written to `out`.
@@ -69,7 +72,7 @@ def run(
         raise MoepruneError(f"--batch-size must be positive, got {batch_size}")
     resolve_device(device)  # fail fast on a device this machine lacks
     with scratch_dir(out):  # lm-eval's task folders and other temporaries live beside out, and go
-        metrics = run_tasks(Path(model), task, limit, batch_size, device, **options)
+        metrics = run_tasks(Path(model), task, limit, batch_size, device, streaming=streaming, **options)
     result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model)}
     result["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out, result)

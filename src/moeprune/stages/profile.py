@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moeprune.arch import load_model, weights_sha256
+from moeprune.arch import weights_sha256
+from moeprune.checkpoint.source import open_model
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.io_utils import atomic_dir, sha256_file
 from moeprune.outputs import claim_output
 from moeprune.profiling import profile_model, save_profile
-from moeprune.streaming import StreamingModel, use_streaming
 
 
 def run(
@@ -35,7 +35,7 @@ def run(
     """Profile `model` on the calibration file `calib`; write the profile directory `out`.
 
     With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
-    `moeprune.streaming.use_streaming`) one decoder layer is in memory at a time; the statistics are the
+    `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time; the statistics are the
     same as in memory. `device`: see `moeprune.devices.resolve_device`.
 
     Returns:
@@ -44,10 +44,9 @@ def run(
     start = time.perf_counter()
     out = claim_output(out, "profile", inputs=[model, calib], overwrite=overwrite)
     batches = calibration_batches(calib, batch_size)
-    streamed = use_streaming(model, streaming)
     torch_device = resolve_device(device)
-    net = StreamingModel(model, device=torch_device).model if streamed else load_model(model, device=torch_device)
-    profile = profile_model(net, batches)
+    source = open_model(model, streaming, torch_device)
+    profile = profile_model(source, batches)
     profile.summary.update(
         {
             "stage": "profile",
@@ -56,7 +55,7 @@ def run(
             "calibration": str(calib),
             "calibration_sha256": sha256_file(calib),
             "batch_size": batch_size,
-            "streaming": streamed,
+            "streaming": source.streamed,
             "device": str(torch_device),
             "seconds": round(time.perf_counter() - start, 3),
         }

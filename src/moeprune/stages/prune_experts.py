@@ -1,6 +1,9 @@
 """Stage `prune-experts`: remove the experts a scores file does not keep, save a stock-loadable model.
 
-The scores file is read and checked by `moeprune.scoring.scores_file`.
+A shard rewrite (`moeprune.pruning.experts`): each decoder layer is read from the safetensors shards,
+merged (STUN) and sliced, and written as a new shard; config and tokenizer follow with the counts
+updated. Peak memory is one decoder layer. The scores file is read and checked by
+`moeprune.scoring.scores_file`.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from moeprune.arch import get_adapter, load_model, merge_experts, remove_experts, save_model_dir
+from moeprune.checkpoint.source import open_model
 from moeprune.io_utils import atomic_dir
 from moeprune.lineage import build_lineage, write_lineage, write_model_card
 from moeprune.outputs import claim_output
+from moeprune.pruning.experts import prune_experts_layerwise
 from moeprune.scoring.scores_file import ScoresFile, check_scores_model, keep_sets_for, read_scores
 
 
@@ -26,33 +30,31 @@ def run(model: Path, scores: Path, out: Path, force: bool = False, overwrite: bo
     start = time.perf_counter()
     out = claim_output(out, "prune-experts", inputs=[model, scores], overwrite=overwrite)
     data = read_scores(scores)
-    net = load_model(model)
+    source = open_model(model, streaming=True)
     check_scores_model(data, Path(model), force)
-    adapter = get_adapter(net)
+    adapter = source.adapter
     keep = keep_sets_for(data, adapter)
     record = build_lineage(
-        stage="prune-experts", params={"method": data.method}, parent=model, parent_model=net, scores=scores
+        stage="prune-experts", params={"method": data.method}, parent=model, parent_model=source.model, scores=scores
     )
     before = adapter.layers[0].num_experts
     merges = data.merges()
-    merge_experts(net, merges)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        applied = remove_experts(net, keep)
-    notes = [str(w.message) for w in caught]
-    after = len(next(iter(applied.values())))
-    record["params"].update(
-        expert_sparsity=1 - after / before,  # what was removed, whatever the file asked for
-        scores_expert_sparsity=data.expert_sparsity,
-        keep={str(k): v for k, v in applied.items()},
-    )
-    if merges:
-        record["params"]["merge"] = {
-            str(layer): {str(k): v for k, v in groups.items()} for layer, groups in merges.items()
-        }
-    record["notes"] = notes
     with atomic_dir(out) as tmp:
-        save_model_dir(net, model, tmp)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            applied = prune_experts_layerwise(source, keep, merges, source.writer(tmp))
+        notes = [str(w.message) for w in caught]
+        after = len(next(iter(applied.values())))
+        record["params"].update(
+            expert_sparsity=1 - after / before,  # what was removed, whatever the file asked for
+            scores_expert_sparsity=data.expert_sparsity,
+            keep={str(k): v for k, v in applied.items()},
+        )
+        if merges:
+            record["params"]["merge"] = {
+                str(layer): {str(k): v for k, v in groups.items()} for layer, groups in merges.items()
+            }
+        record["notes"] = notes
         write_lineage(tmp, record)
         write_model_card(tmp, record, _card_summary(data, adapter, before, after, notes, merges))
     return {

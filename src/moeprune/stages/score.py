@@ -3,6 +3,12 @@
     moeprune score --model M --method NAME [--profile P] [--reference R] [--calib F] --expert-sparsity S --out J
 
 writes the scores file `J` through `moeprune.scoring.scores_file` (its schema is there).
+
+Every method reads at most one decoder layer at a time, so the model (and the reference) are always
+opened streamed (`moeprune.checkpoint`): router-change, router-change-diff and stun read the router rows
+only (stun also the experts of one layer when a cluster has several members), random and the
+profile-based methods read no weights at all, naee one layer at a time. Peak memory does not grow
+with the checkpoint.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from moeprune.arch import get_adapter, load_model, validate_keep_sets, weights_sha256
+from moeprune.arch import validate_keep_sets, weights_sha256
+from moeprune.checkpoint.shards import check_safetensors
+from moeprune.checkpoint.source import open_model
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
@@ -24,10 +30,8 @@ from moeprune.scoring import SCORERS, Scorer, ScoringContext
 from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
 from moeprune.scoring.scores_file import layer_record, write_scores
-from moeprune.shards import check_safetensors
 
 CALIB_BATCH_SIZE = 8
-STREAMING_METHODS = ("naee",)  # methods that can read the model one decoder layer at a time
 _NEED_FLAGS = {
     "profile": "--profile DIR (from `moeprune profile`)",
     "reference": "--reference DIR (the pretrained checkpoint the model was fine-tuned from)",
@@ -91,22 +95,6 @@ def _check_keep_sets(ctx: ScoringContext, layers: dict) -> None:
     validate_keep_sets(ctx.adapter, {index: entry.keep for index, entry in layers.items()})
 
 
-def _open_model(model: Path, method: str, options: dict[str, Any], device: torch.device):
-    """The model in memory, or (naee with option `streaming`, or a checkpoint above the memory budget) a
-    streaming skeleton whose decoder layers are read from disk one at a time (`moeprune.streaming`)."""
-    from moeprune.streaming import StreamingModel, use_streaming
-
-    requested = bool(options.get("streaming", False))
-    if requested and method not in STREAMING_METHODS:
-        raise MoepruneError(
-            f"the streaming option applies to {', '.join(STREAMING_METHODS)} only; drop it for method '{method}'"
-        )
-    if method in STREAMING_METHODS and use_streaming(model, requested):
-        options["streaming"] = True
-        return StreamingModel(model, device=device).model
-    return load_model(model, device=device)
-
-
 def run(
     model: Path,
     method: str,
@@ -131,20 +119,23 @@ def run(
     scorer = SCORERS.get(method)
     _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
     options = coerce_options(options)
+    if "streaming" in options:
+        raise MoepruneError("score always reads one layer at a time (the streaming option is gone); drop it")
     torch_device = resolve_device(device)
-    net = _open_model(model, method, options, torch_device)
-    adapter = get_adapter(net)
+    source = open_model(model, streaming=True, device=torch_device)
+    adapter = source.adapter
     model_sha = weights_sha256(model)
-    reference_model = None
+    reference_source = None
     if reference is not None:
-        reference_model = load_model(reference, device=torch_device)
-        check_same_architecture(adapter, get_adapter(reference_model))
+        reference_source = open_model(reference, streaming=True, device=torch_device)
+        check_same_architecture(adapter, reference_source.adapter)
     ctx = ScoringContext(
-        model=net,
+        model=source.model,
+        source=source,
         adapter=adapter,
         expert_sparsity=float(expert_sparsity),
         profile=_load_checked_profile(profile, model_sha) if profile is not None else None,
-        reference=reference_model,
+        reference=reference_source,
         batches=calibration_batches(calib, int(options.get("batch_size", CALIB_BATCH_SIZE))) if calib else None,
         seed=int(seed),
         options=options,

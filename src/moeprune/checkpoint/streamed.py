@@ -1,33 +1,22 @@
-"""Streaming mode: one decoder layer in memory at a time, read from and written to safetensors shards.
+"""A checkpoint streamed from its safetensors shards: one decoder layer (or one module) in memory at a time.
 
-A `StreamingModel` builds the model skeleton on the meta device from `config.json` (stock Auto classes,
+`StreamedSource` builds the model skeleton on the meta device from `config.json` (stock Auto classes,
 as `from_pretrained` does), loads the weights outside the decoder layers for real (embeddings, final
-norm, LM head) only while block 0's inputs are captured (non-persistent buffers such as rotary
-frequencies are initialised once by the model's own `initialize_weights`), and materialises decoder
-layer i on demand: only its keys are read from the shards (`moeprune.shards`: no memory map, the index
-json when sharded); transformers' own checkpoint conversion mapping turns the on-disk names into the
-module's (transformers 5 saves legacy per-expert keys such as Mixtral
-`block_sparse_moe.experts.{e}.w1.weight` and fuses them into `experts.gate_up_proj [E, 2I, H]` on load),
-and the tensors replace the layer's meta ones. Leaving the `block(i)` context returns them to meta.
+norm, LM head) only while they are used (non-persistent buffers such as rotary frequencies are
+initialised once by the model's own `initialize_weights`), and materialises decoder layer i, or only
+some modules (the routers), on demand: only their keys are read from the shards
+(`moeprune.checkpoint.shards`: no memory map, the index json when sharded). transformers' own checkpoint
+conversion mapping turns the on-disk names into the module's (transformers 5 saves legacy per-expert
+keys such as Mixtral `block_sparse_moe.experts.{e}.w1.weight` and fuses them into
+`experts.gate_up_proj [E, 2I, H]` on load). Leaving the context returns the tensors to meta, so a
+tensor that was never asked for cannot be read by accident: it is on the meta device.
 
-`StreamingWriter` saves each processed layer as soon as it is done (its own shard, legacy key names as
-`save_pretrained` writes them) and, at the end, the other weights, `model.safetensors.index.json`,
-config, generation config and tokenizer / processor files.
-
-    streamed = StreamingModel(model_dir)
-    with atomic_dir(out) as tmp:
-        writer = StreamingWriter(streamed, tmp)
-        for index in range(streamed.num_blocks):
-            with streamed.block(index) as block:
-                ...                                  # observe / prune the block
-                writer.write_block(index, block)
-        writer.finish(model_dir)
+It is one of the two `moeprune.checkpoint.ModelSource`s; `moeprune.checkpoint.open_model` chooses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -37,17 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter, get_adapter
-from moeprune.arch.linears import base_stats as model_base_stats
-from moeprune.arch.linears import layer_linear_weights, prunable_weights
-from moeprune.arch.loading import _auto_class, check_model_dir, copy_auxiliary_files, register_own_models, weight_files
+from moeprune.arch.linears import base_stats, layer_linear_weights, prunable_weights
+from moeprune.arch.loading import _auto_class, check_model_dir, register_own_models
+from moeprune.checkpoint.key_conversion import KeyConversion
+from moeprune.checkpoint.shards import ShardReader
+from moeprune.checkpoint.writer import ShardWriter
 from moeprune.errors import MoepruneError
-from moeprune.key_conversion import KeyConversion
-from moeprune.layerwise import BlockInputs, attach_source, capture_block_inputs
-from moeprune.shards import INDEX_FILE, ShardReader, write_file
+from moeprune.layerwise import BlockInputs, capture_block_inputs
 
-BUDGET_ENV = "MOEPRUNE_MEMORY_BUDGET_GB"
-BUDGET_SHARE = 0.5  # of available memory, when MOEPRUNE_MEMORY_BUDGET_GB is not set
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # oneDNN (torch's CPU bf16 matmuls) and torch's ideep layer each cache a compiled primitive per new
 # matmul shape, 1,024 by default; routed experts see a new row count in nearly every layer, so the caches
@@ -55,36 +43,6 @@ _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # they first run, so set it here, on import, unless the user chose one.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 os.environ.setdefault("LRU_CACHE_CAPACITY", "1")
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else physical memory from `os.sysconf`."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def memory_budget_bytes() -> int:
-    """Bytes a checkpoint may take before streaming is chosen: $MOEPRUNE_MEMORY_BUDGET_GB, else half of free RAM."""
-    value = os.environ.get(BUDGET_ENV)
-    if value:
-        try:
-            return int(float(value) * 1024**3)
-        except ValueError:
-            raise MoepruneError(f"{BUDGET_ENV}='{value}' is not a number of GB; set it like 16 or 0.5") from None
-    return int(available_memory_bytes() * BUDGET_SHARE)
-
-
-def checkpoint_bytes(model_dir: str | Path) -> int:
-    """Total size of the safetensors shards of a model directory."""
-    return sum(path.stat().st_size for path in weight_files(model_dir))
-
-
-def use_streaming(model_dir: str | Path, requested: bool) -> bool:
-    """Stream when asked to, or automatically when the checkpoint is larger than the memory budget."""
-    return bool(requested) or checkpoint_bytes(model_dir) > memory_budget_bytes()
 
 
 def _checkpoint_dtype(config, reader: ShardReader) -> torch.dtype:
@@ -161,8 +119,8 @@ def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
         owner._buffers[attr] = tensor
 
 
-class StreamingModel:
-    """A model whose decoder layers live on disk and are materialised one at a time (a `layerwise.BlockSource`).
+class StreamedSource:
+    """A model whose decoder layers live on disk and are materialised one at a time (a `ModelSource`).
 
     Attributes:
         model: the skeleton (meta tensors in every decoder layer, real ones elsewhere).
@@ -180,9 +138,11 @@ class StreamingModel:
         self.adapter: MoEAdapter = get_adapter(self.model)
         self.layers_path = self._layers_path()
         self.conversion = KeyConversion(self.model)
+        self.targets = {key: self.conversion.target(key)[0] for key in self.reader.files}
         self.layer_keys, self.other_keys = self._plan_keys()
         self.tied = set(getattr(self.model, "all_tied_weights_keys", {}) or {})
-        attach_source(self.model, self)
+
+    streamed = True
 
     @property
     def num_blocks(self) -> int:
@@ -197,7 +157,7 @@ class StreamingModel:
         per_layer: dict[int, list[str]] = {}
         others = []
         for key in self.reader.files:
-            found = pattern.match(self.conversion.target(key)[0])
+            found = pattern.match(self.targets[key])
             if found:
                 per_layer.setdefault(int(found.group(1)), []).append(key)
             else:
@@ -275,63 +235,96 @@ class StreamingModel:
         finally:
             self.release_block(index)
 
+    def _module_names(self, modules: Iterable[nn.Module]) -> list[str]:
+        names = {id(module): name for name, module in self.model.named_modules()}
+        return [names[id(module)] for module in modules]
 
-class StreamingWriter:
-    """Writes a streamed model layer by layer into `out_dir` (sharded safetensors + index, stock-loadable)."""
+    @contextlib.contextmanager
+    def materialized(self, modules: Iterable[nn.Module]) -> Iterator[None]:
+        """Only `modules`' own tensors (e.g. every router) read from the shards; back to meta afterwards."""
+        prefixes = tuple(f"{name}." for name in self._module_names(modules))
+        keys = [key for key, target in self.targets.items() if target.startswith(prefixes)]
+        state = self.model.state_dict()
+        loaded = []
+        try:
+            for name, tensor in self.conversion.convert({key: self.reader.loader(key) for key in keys}).items():
+                if name in state:
+                    _set_tensor(self.model, name, tensor.to(device=self.device, dtype=state[name].dtype))
+                    loaded.append(name)
+            yield
+        finally:
+            for name in loaded:
+                _set_tensor(self.model, name, torch.empty_like(state[name], device="meta"))
 
-    def __init__(self, streamed: StreamingModel, out_dir: str | Path):
-        self.streamed = streamed
-        self.out_dir = Path(out_dir)
-        self.shards = streamed.num_blocks + 1  # one per decoder layer, one for the rest
-        self.weight_map: dict[str, str] = {}
-        self.total_size = 0
+    def forward(self, batches: list[dict[str, torch.Tensor]], description: str) -> None:
+        """Every batch through the whole model, layer by layer (each decoder layer read once)."""
+        if batches:
+            layerwise.run(self, batches, lambda *_: None, description=f"{description} (streaming)")
 
-    def _shard_name(self, number: int) -> str:
-        return f"model-{number:05d}-of-{self.shards:05d}.safetensors"
+    def logits(self, batches: list[dict[str, torch.Tensor]], description: str) -> Iterator[torch.Tensor]:
+        """The model's logits for every batch: the decoder layer by layer, then the model's own head."""
+        if not batches:
+            return
+        final = layerwise.run(self, batches, lambda *_: None, description=f"{description} (streaming)")
+        with self.outside_layers() as model, _layers_replaced(self.adapter.decoder_layers, final) as inject:
+            for batch, hidden in zip(batches, final, strict=True):
+                inject(hidden)
+                with torch.no_grad():
+                    yield model(**layerwise.model_inputs(batch, model)).logits
 
-    def _write(self, number: int, tensors: dict[str, torch.Tensor]) -> None:
-        legacy = self.streamed.conversion.revert(tensors)
-        name = self._shard_name(number)
-        self.total_size += write_file(self.out_dir / name, legacy)
-        self.weight_map.update(dict.fromkeys(legacy, name))
+    def base_stats(self) -> dict[str, Any]:
+        """`arch.linears.base_stats` from the skeleton's shapes (nothing is read)."""
+        return base_stats(self.model, self.adapter)
 
-    def write_block(self, index: int, block: nn.Module) -> None:
-        """Save decoder layer `index` (materialised, processed) as its own shard."""
-        prefix = f"{self.streamed.layers_path}.{index}."
-        self._write(index + 1, {prefix + name: tensor for name, tensor in block.state_dict().items()})
+    def targeted_weights(self, targets: str = "all") -> int:
+        """The number of targeted Linear weights, from the skeleton's shapes (nothing is read)."""
+        return sum(weight.numel() for _, weight in prunable_weights(self.adapter, targets))
 
-    def finish(self, source_dir: str | Path) -> None:
-        """Write the weights outside the decoder layers, the index, config and tokenizer / processor files."""
-        written = set(range(1, self.shards))
-        done = {int(name.split("-")[1]) for name in set(self.weight_map.values())}
-        if written - done:
-            raise MoepruneError(f"streamed layers {sorted(n - 1 for n in written - done)} were never written")
-        model = self.streamed.model
-        rest = self.streamed.outside_tensors()  # never pruned: as in the source checkpoint
-        self._write(self.shards, {name: tensor for name, tensor in rest.items() if name not in self.streamed.tied})
-        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
-        (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        model.config.save_pretrained(self.out_dir)
-        if model.can_generate() and getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(self.out_dir)
-        copy_auxiliary_files(source_dir, self.out_dir)
+    def nonzero_weights(self, targets: str = "all") -> int:
+        """The nonzero targeted Linear weights: one read of every decoder layer."""
+        nonzero = 0
+        for index in range(self.num_blocks):
+            with self.block(index), torch.no_grad():
+                for _, weight in layer_linear_weights(self.adapter, index, targets):
+                    nonzero += int(torch.count_nonzero(weight))
+        return nonzero
 
-
-def count_streamed_targets(streamed: StreamingModel, targets: str = "all") -> int:
-    """The number of targeted Linear weights of a streamed model, from the skeleton's shapes (nothing is read)."""
-    return sum(weight.numel() for _, weight in prunable_weights(streamed.adapter, targets))
+    def writer(self, out_dir: str | Path) -> ShardWriter:
+        """Writes each processed layer as its own shard, then the rest (`checkpoint.writer.ShardWriter`)."""
+        return ShardWriter(self, out_dir)
 
 
-def count_streamed_weights(streamed: StreamingModel, targets: str = "all") -> tuple[int, int]:
-    """`arch.linears.count_weights` for a streamed model: (targeted weights, nonzero ones), one layer at a time."""
-    nonzero = 0
-    for index in range(streamed.num_blocks):
-        with streamed.block(index), torch.no_grad():
-            for _, weight in layer_linear_weights(streamed.adapter, index, targets):
-                nonzero += int(torch.count_nonzero(weight))
-    return count_streamed_targets(streamed, targets), nonzero
+class _Passthrough(nn.Module):
+    """Stands in for a decoder layer whose output is known: returns its input, or the injected output."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its meta weights stay out of the way
+        self.output: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:  # attention_type and other flags the model's loop reads
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states if self.output is None else self.output
 
 
-def base_stats(streamed: StreamingModel) -> dict[str, Any]:
-    """`arch.linears.base_stats` of a streamed model, without loading its weights."""
-    return model_base_stats(streamed.model, streamed.adapter)
+@contextlib.contextmanager
+def _layers_replaced(layers: nn.ModuleList, outputs: list[torch.Tensor]) -> Iterator[Any]:
+    """Decoder layers replaced by pass-throughs, the last returning an injected tensor; `inject(t)` sets it."""
+    originals = list(layers)
+    stand_ins = [_Passthrough(layer) for layer in originals]
+    for index, stand_in in enumerate(stand_ins):
+        layers[index] = stand_in
+
+    def inject(hidden: torch.Tensor) -> None:
+        stand_ins[-1].output = hidden
+
+    try:
+        yield inject
+    finally:
+        for index, layer in enumerate(originals):
+            layers[index] = layer

@@ -1,4 +1,5 @@
-"""Streaming mode: one decoder layer in memory at a time gives exactly the in-memory results."""
+"""`open_model`: a streamed checkpoint (one decoder layer in memory at a time) gives exactly the in-memory
+results in every stage, bitwise on the CPU; prune-experts and the scorers read only what they need."""
 
 import copy
 import json
@@ -11,12 +12,14 @@ from transformers import AutoModelForCausalLM
 
 from moeprune import layerwise
 from moeprune.arch import load_model
+from moeprune.checkpoint.budget import memory_budget_bytes, use_streaming
+from moeprune.checkpoint.shards import INDEX_FILE, ShardReader, write_file
+from moeprune.checkpoint.source import InMemorySource, open_model
+from moeprune.checkpoint.streamed import StreamedSource
 from moeprune.errors import MoepruneError
-from moeprune.shards import ShardReader, write_file
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import prune_unstructured
 from moeprune.stages import score as score_stage
-from moeprune.streaming import INDEX_FILE, StreamingModel, memory_budget_bytes, use_streaming
 from moeprune.testing import tiny_moe_model
 
 FAMILIES = ("mixtral", "deepseek_v3")
@@ -66,7 +69,8 @@ def test_checkpoint_is_sharded(saved):
 
 def test_blocks_are_materialised_one_at_a_time_and_match_the_loaded_model(saved):
     root, _ = saved
-    streamed = StreamingModel(root / "model")
+    streamed = open_model(root / "model", streaming=True)
+    assert isinstance(streamed, StreamedSource) and isinstance(open_model(root / "model"), InMemorySource)
     reference = load_model(root / "model")
     assert all(p.is_meta for p in streamed.model.parameters())  # nothing real until asked for
     with streamed.outside_layers() as model:
@@ -97,18 +101,6 @@ def test_profile_statistics_are_identical(saved, tmp_path):
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
-
-
-@pytest.mark.parametrize("progressive", [False, True])
-def test_naee_keep_sets_are_identical(saved, tmp_path, progressive):
-    root, calib = saved
-    common = dict(model=root / "model", method="naee", expert_sparsity=0.5, calib=calib, device=CPU)
-    memory = score_stage.run(out=tmp_path / "mem.json", options={"progressive": progressive}, **common)
-    streamed = score_stage.run(
-        out=tmp_path / "str.json", options={"streaming": True, "progressive": progressive}, **common
-    )
-    assert streamed["layers"] == memory["layers"]  # keep-sets and scores, exactly
-    assert streamed["naee"] == memory["naee"] and streamed["forward_passes"] == (2 if progressive else 1)
 
 
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])
@@ -162,7 +154,7 @@ def test_streaming_is_chosen_when_the_checkpoint_exceeds_the_budget(saved, tmp_p
 
 def test_errors(saved, tmp_path):
     root, calib = saved
-    with pytest.raises(MoepruneError, match="applies to naee only"):
+    with pytest.raises(MoepruneError, match="score always reads one layer at a time"):
         score_stage.run(
             model=root / "model",
             method="random",
@@ -176,10 +168,9 @@ def test_errors(saved, tmp_path):
     tensors = load_file(str(broken / "model.safetensors"))
     del tensors["model.layers.1.self_attn.q_proj.weight"]
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    streamed = StreamingModel(broken)
+    streamed = StreamedSource(broken)
     with pytest.raises(MoepruneError, match="lacks weights of layer 1"), streamed.block(1):
         pass
-    assert layerwise.is_streamed(streamed.model) and not layerwise.is_streamed(model)
     model.config.layer_types = ["full_attention", "sliding_attention"]
     with pytest.raises(MoepruneError, match="mixes attention types"):
         layerwise.check_shared_block_inputs(model)
@@ -188,7 +179,7 @@ def test_errors(saved, tmp_path):
 def test_in_place_stacking_equals_transformers_operations():
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-    from moeprune.key_conversion import stack_in_place
+    from moeprune.checkpoint.key_conversion import stack_in_place
 
     converter = get_checkpoint_conversion_mapping("mixtral")[1]  # w1 + w3 -> gate_up_proj
     generator = torch.Generator().manual_seed(0)
@@ -206,14 +197,10 @@ def test_in_place_stacking_equals_transformers_operations():
     assert stacked.shape == (3, 12, 4) and torch.equal(stacked, reference)
 
 
-def test_counts_from_shapes_match_a_loaded_model(saved):
-    from moeprune.arch import get_adapter, load_model
-    from moeprune.arch.linears import count_weights
-    from moeprune.streaming import StreamingModel, count_streamed_targets, count_streamed_weights
-
+def test_counts_and_base_stats_match_a_loaded_model(saved):
     root, _ = saved
-    streamed = StreamingModel(root / "model")
-    adapter = get_adapter(load_model(root / "model"))
+    streamed, memory = open_model(root / "model", streaming=True), open_model(root / "model")
     for targets in ("all", "experts"):
-        assert count_streamed_targets(streamed, targets) == count_weights(adapter, targets)[0]
-        assert count_streamed_weights(streamed, targets) == count_weights(adapter, targets)
+        assert streamed.targeted_weights(targets) == memory.targeted_weights(targets)
+        assert streamed.nonzero_weights(targets) == memory.nonzero_weights(targets)
+    assert streamed.base_stats() == memory.base_stats()
