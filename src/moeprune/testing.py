@@ -91,51 +91,7 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 sliding_window=16,
             ),
         ),
-        "cohere2_moe": (
-            "Cohere2MoeConfig",
-            dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, head_dim=8, sliding_window=16),
-        ),
         "minimax_m2": ("MiniMaxM2Config", dict(intermediate_size=24, num_local_experts=num_experts, head_dim=8)),
-        "mimo_v2_flash": (
-            "MiMoV2FlashConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                n_routed_experts=num_experts,
-                n_group=2,
-                topk_group=2,
-                head_dim=8,
-                v_head_dim=8,
-                sliding_window=16,
-                num_hidden_layers=3,
-                layer_types=["full_attention", "full_attention", "full_attention"],
-                mlp_layer_types=["dense", "sparse", "sparse"],
-            ),
-        ),
-        "beam": (
-            "BeamConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_experts=num_experts,
-                n_group=2,
-                topk_group=2,
-                head_dim=8,
-                sliding_window=16,
-                num_hidden_layers=3,
-                mlp_layer_types=["dense", "sparse", "sparse"],
-            ),
-        ),
-        "kolibri1": (
-            "Kolibri1Config",
-            dict(
-                moe_intermediate_size=24,
-                shared_expert_intermediate_size=40,
-                num_local_experts=num_experts,
-                head_dim=8,
-                sliding_window=16,
-            ),
-        ),
         "laguna": (
             "LagunaConfig",
             dict(
@@ -165,19 +121,6 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
         "hunyuan_v1_moe": (
             "HunYuanMoEV1Config",
             dict(intermediate_size=24, num_experts=num_experts, moe_topk=top_k, head_dim=8),
-        ),
-        "afmoe": (
-            "AfmoeConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_experts=num_experts,
-                num_shared_experts=1,
-                num_dense_layers=1,
-                num_hidden_layers=3,
-                head_dim=8,
-                sliding_window=16,
-            ),
         ),
         "hy_v3": (
             "HYV3Config",
@@ -231,15 +174,10 @@ FAMILIES_WITH_TINY_MODELS = (
     "granitemoe",
     "granitemoeshared",
     "mellum",
-    "cohere2_moe",
     "minimax_m2",
-    "mimo_v2_flash",
-    "beam",
-    "kolibri1",
     "laguna",
     "ernie4_5_moe",
     "hunyuan_v1_moe",
-    "afmoe",
     "hy_v3",
 )
 

@@ -131,10 +131,7 @@ class MoELayer:
 
     def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`)."""
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if self.family.router_takes_batch:
-            flat = flat.unsqueeze(0)
-        return self.router(flat, *self.router_inputs.values())
+        return self.router(hidden.reshape(-1, hidden.shape[-1]), *self.router_inputs.values())
 
     def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
         """Views `[out, in]` of one expert's matrices (`gate_proj`, `up_proj`, `down_proj`).

@@ -36,7 +36,6 @@ class Family:
             where the router wraps a Linear).
         router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
             the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
-        router_takes_batch: the router expects hidden states `[B, T, H]`, not `[T, H]`.
         gate: a short description of the gate function, for `inspect` and model cards.
         renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
             did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
@@ -51,7 +50,6 @@ class Family:
     router_attr: str = "gate"
     router_weight: str = "weight"
     router_inputs: tuple[str, ...] = ()
-    router_takes_batch: bool = False
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
     shared_attrs: tuple[str, ...] = ()
@@ -126,36 +124,10 @@ FAMILIES: dict[str, Family] = {
             renormalises=_norm_topk_prob,
         ),
         Family(
-            "cohere2_moe",
-            ("num_experts",),
-            gate="top-k logits -> softmax, or sigmoid (renormalise if norm_topk_prob)",
-            shared_attrs=("shared_experts",),
-        ),
-        Family(
             "minimax_m2",
             ("num_local_experts",),
             gate="sigmoid + block-level correction bias -> top-k -> renormalise",
             router_inputs=("e_score_correction_bias",),
-        ),
-        Family(
-            "mimo_v2_flash",
-            ("n_routed_experts",),
-            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-            group_routing=_always,
-            min_per_group=2,
-        ),
-        Family(
-            "beam",
-            ("num_experts",),
-            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-            group_routing=_always,
-            min_per_group=2,
-        ),
-        Family(
-            "kolibri1",
-            ("num_local_experts",),
-            gate="logits + correction bias -> top-k -> sigmoid (renormalise if norm_topk_prob)",
-            shared_attrs=("shared_experts",),
         ),
         Family(
             "laguna",
@@ -175,16 +147,6 @@ FAMILIES: dict[str, Family] = {
             router_weight="wg.weight",
             gate="softmax -> top-k -> renormalise",
             shared_attrs=("shared_mlp",),
-        ),
-        Family(
-            "afmoe",
-            ("num_experts",),
-            router_attr="router",
-            router_weight="gate.weight",
-            router_inputs=("expert_bias",),
-            router_takes_batch=True,
-            gate="sigmoid + block-level expert bias -> top-k -> renormalise, scaled",
-            shared_attrs=("shared_experts",),
         ),
         Family(
             "hy_v3",

@@ -14,13 +14,17 @@ _HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
 _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
 _V3_LIKE = "DeepSeek-V3-style router '{}' with shared_experts; no family entry or round-trip test yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
+_MIXED = "mixes sliding and full attention layers, which layer-by-layer pruning refuses; {}"
 
 REFUSED: dict[str, str] = {
+    "afmoe": _MIXED.format("router 'router' reads [B, T, H], block-level expert_bias"),
     "aria": _VL.format("AriaForConditionalGeneration; text experts transposed, router 'router'"),
     "aria_text": _NO_ENTRY.format("router 'router', transposed experts (is_transposed), shared_experts"),
     "axk1": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts and a post-MoE norm"),
     "axk2": _V3_LIKE.format("gate"),
     "bailing_hybrid": _HYBRID.format("linear attention / mamba"),
+    "beam": _MIXED.format("expert removal alone round-trips"),
+    "cohere2_moe": _MIXED.format("expert removal alone round-trips"),
     "deepseek_ocr2": _VL.format("DeepSeek-OCR2 around a DeepSeek-V2-style text MoE"),
     "deepseek_v32": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts, sparse-attention indexer"),
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
@@ -42,13 +46,15 @@ REFUSED: dict[str, str] = {
     "granitemoe_swa": _NO_ENTRY.format("router 'router' (GraniteMoeSWATopKRouter), sliding-window attention"),
     "granitemoehybrid": _HYBRID.format("mamba2"),
     "hy_v4": _NO_ENTRY.format("router 'gate', clamped experts (limit) and shared_experts"),
-    "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
-    "inkling_text": _HYBRID.format("short conv / mamba"),
     "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
     "inkling2_text": _HYBRID.format("short conv / mamba"),
+    "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
+    "inkling_text": _HYBRID.format("short conv / mamba"),
     "jamba": _HYBRID.format("mamba, MoE every k-th layer"),
     "kimi_linear": _HYBRID.format("Kimi delta attention"),
+    "kolibri1": _MIXED.format("expert removal alone round-trips"),
     "lfm2_moe": _HYBRID.format("short conv; block-level expert_bias"),
+    "mimo_v2_flash": _MIXED.format("expert removal alone round-trips"),
     "minimax": _HYBRID.format("lightning linear attention"),
     "minimax_m3_vl": _VL.format("MiniMax-M3-VL; its text model has lightning attention and clamped experts"),
     "minimax_m3_vl_text": _HYBRID.format("lightning attention; clamped experts"),

@@ -1,0 +1,101 @@
+"""Every family with a tiny model goes through the command-line chain that a user runs on a checkpoint.
+
+inspect -> profile -> score (frequency) -> prune-experts -> prune-unstructured (wanda), each through the CLI
+on a saved tiny model of the family: exit code 0, the outputs exist, half the experts are gone (and the
+pruned checkpoint loads with stock transformers), half the weights are zero.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from moeprune.arch import get_adapter
+from moeprune.cli import app
+from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
+
+NUM_EXPERTS = 8
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> str:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return result.stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES_WITH_TINY_MODELS)
+def test_cli_chain(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_moe_model(family, num_experts=NUM_EXPERTS)
+    model.save_pretrained(tmp_path / "model")
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input_ids": torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(0))}, calib)
+    moe_layers = get_adapter(model).moe_indices
+
+    info = json.loads(_invoke("inspect", "--model", tmp_path / "model", "--json"))
+    assert info["family"] == family
+
+    _invoke("profile", "--model", tmp_path / "model", "--calib", calib, "--out", tmp_path / "profile")
+    assert (tmp_path / "profile" / "profile.safetensors").is_file()
+
+    scores = tmp_path / "scores.json"
+    _invoke(
+        "score",
+        "--model",
+        tmp_path / "model",
+        "--method",
+        "frequency",
+        "--profile",
+        tmp_path / "profile",
+        "--expert-sparsity",
+        "0.5",
+        "--out",
+        scores,
+    )
+    layers = json.loads(scores.read_text())["layers"]
+    assert sorted(int(i) for i in layers) == moe_layers
+    assert {len(entry["keep"]) for entry in layers.values()} == {NUM_EXPERTS // 2}
+
+    _invoke("prune-experts", "--model", tmp_path / "model", "--scores", scores, "--out", tmp_path / "pruned")
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    adapter = get_adapter(pruned)
+    assert {layer.num_experts for layer in adapter.layers} == {NUM_EXPERTS // 2}
+    assert {getattr(pruned.config, name) for name in adapter.family.count_fields} == {NUM_EXPERTS // 2}
+    for layer in adapter.layers:
+        keep = layers[str(layer.index)]["keep"]
+        torch.testing.assert_close(layer.router_weight, get_adapter(model).layer(layer.index).router_weight[keep])
+
+    _invoke(
+        "prune-unstructured",
+        "--model",
+        tmp_path / "pruned",
+        "--method",
+        "wanda",
+        "--sparsity",
+        "0.5",
+        "--calib",
+        calib,
+        "--out",
+        tmp_path / "sparse",
+    )
+    report = json.loads((tmp_path / "sparse" / "sparsity_report.json").read_text())
+    assert report["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
+
+
+def test_mixed_attention_refusals_are_accurate():
+    """Families refused for mixed attention layers do mix them in their stock configuration."""
+    from transformers import CONFIG_MAPPING
+
+    from moeprune.arch.refused import REFUSED
+
+    mixed = [name for name, reason in REFUSED.items() if reason.startswith("mixes sliding and full attention")]
+    assert mixed
+    for name in mixed:
+        assert len(set(CONFIG_MAPPING[name]().layer_types)) > 1, name
