@@ -3,6 +3,8 @@
     python -m flows.pipeline            # or: moeprune serve / a deployment of flows/pipeline.py:pipeline
 
 Each stage task runs `dvc repro --single-item <stage>`: stages whose inputs did not change are skipped.
+The flow logs each stage's command line first (`tasks/commands.py`, the builder dvc.yaml's commands
+are tested against) and registers from the files it names.
 Registration runs in-process with retries (a tracking server can be briefly down); the DVC `register`
 stage is then committed to dvc.lock so `dvc repro` does not redo it.
 """
@@ -18,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from moeprune.config import load_params
+from tasks.commands import PipelineFiles, pipeline_commands, shell
 from tasks.stages import STAGE_TASKS, STAGES, commit_stage, register_model, reproduce_stage, stage_target
 
 TABLE_KEYS = ("expert_sparsity", "weight_sparsity", "total_sparsity", "nonzero_params", "size_bytes")
@@ -43,9 +46,10 @@ def fmt(value: Any) -> str:
 
 def pipeline_paths(workdir: Path, kind: str, model_path: str) -> dict[str, tuple[Path, Path]]:
     """(model dir, metrics JSON) of the base and the pruned model, as dvc.yaml writes them."""
+    files = PipelineFiles(kind)
     return {
-        "base": (workdir / model_path, workdir / "metrics" / kind / "base.json"),
-        "pruned": (workdir / "runs" / kind / "pruned", workdir / "metrics" / kind / "pruned.json"),
+        "base": (workdir / model_path, workdir / files.base_metrics),
+        "pruned": (workdir / files.pruned, workdir / files.pruned_metrics),
     }
 
 
@@ -72,8 +76,10 @@ def pipeline(
     params_file = workdir / "params.yaml"
     params = load_params(params_file)  # first: a bad key stops the flow before any stage runs
     logger = get_run_logger()
+    commands = pipeline_commands(params)
     ran = {}
     for stage in stages or STAGES:
+        logger.info("%s: %s", stage, " && ".join(shell(argv) for argv in commands[stage]))
         ran[stage] = STAGE_TASKS[stage](root, pipeline_dir)
     registered, rows = {}, []
     for role, (model_dir, metrics) in pipeline_paths(workdir, params.kind, params.model.path).items():

@@ -10,6 +10,9 @@ point, register every version (`moeprune register` into the study's own MLflow s
 subprocess (`flows/study_runner.py`, one interpreter per task so torch is imported once per task); the
 flow itself never imports torch. `<root>/study.json` holds the points, their registered versions, their
 commands and the wall / CPU time of each phase; `<root>/report/` the report.
+
+This file is the loop; the plan (studies, points and their commands, built by `tasks/commands.py` like
+dvc.yaml's) is flows/study_plan.py, the results file flows/study_record.py.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -34,15 +36,13 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from flows.study_plan import (  # noqa: E402
     Layout,
     Point,
-    point_commands,
     preparation_commands,
     register_command,
-    shell,
-    spec_record,
     study_points,
     study_specs,
     testbed_command,
 )
+from flows.study_record import machine, merge_previous, results_record, write_all_metrics  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
 from moeprune.io_utils import write_json  # noqa: E402
 
@@ -55,7 +55,6 @@ COMMAND_COST = {
     ("vision", "testbed"): 40.0,
     ("lm", "score"): 2.0,
 }
-SCORING_FIGURES = ("seconds", "forward_passes")
 
 
 def worker_env(workers: int) -> dict[str, str]:
@@ -139,83 +138,12 @@ def testbed_missing(layout: Layout) -> bool:
     return not all((d / "config.json").is_file() for d in (layout.model, layout.reference)) or not layout.data.is_dir()
 
 
-def scoring_figures(scores_file: str | None) -> dict[str, float]:
-    """Seconds, forward passes (and NAEE's block evaluations) of the scoring step, from its scores file."""
-    if not scores_file:
-        return {}
-    scores = json.loads(Path(scores_file).read_text())
-    figures = {key: float(scores[key]) for key in SCORING_FIGURES if key in scores}
-    if "naee" in scores:
-        figures["block_evaluations"] = float(scores["naee"].get("block_evaluations", 0))
-    return figures
-
-
-def write_metrics(point: Point) -> dict[str, float]:
-    """The file registered: the evaluation plus the seed and the scoring cost (they become version tags)."""
-    metrics = json.loads(Path(point.eval_json).read_text())
-    scoring = scoring_figures(point.scores)
-    if point.seed is not None:
-        metrics["seed"] = point.seed
-    metrics.update({f"scoring.{key}": value for key, value in scoring.items()})
-    write_json(point.metrics, metrics)
-    return scoring
-
-
-def registry_record(metrics_file: str | Path) -> dict[str, str]:
-    """`{name, version}` from the `.registry.json` that `moeprune register` wrote beside the metrics."""
-    record = json.loads(Path(metrics_file).with_suffix(".registry.json").read_text())
-    return {"name": record["name"], "version": str(record["version"])}
-
-
-def point_record(point: Point, points: dict[str, Point], scoring: dict, uri: str) -> dict[str, Any]:
-    """A point as the results file and the report read it."""
-    return {
-        "id": point.id,
-        "study": point.study,
-        "label": point.label,
-        "kind": point.kind,
-        "column": point.column,
-        "expert_method": point.expert_method,
-        "expert_sparsity": point.expert_sparsity,
-        "seed": point.seed,
-        "model_dir": point.model_dir,
-        "metrics": point.metrics,
-        "scoring": scoring,
-        "registry": registry_record(point.metrics),
-        "commands": point_commands(point, points, uri),
-    }
-
-
-def base_record(layout: Layout, quick: bool, uri: str) -> dict[str, Any]:
-    """The base model of a study as a point of the results file."""
-    commands = [
-        testbed_command(layout, quick),
-        *preparation_commands(layout)[2:],
-        register_command(layout.model, layout.base_metrics, uri),
-    ]
-    return {
-        "id": f"{layout.spec.key}-base",
-        "study": layout.spec.key,
-        "label": "base",
-        "kind": "base",
-        "column": 0.0,
-        "registry": registry_record(layout.base_metrics),
-        "commands": [shell(c) for c in commands],
-    }
-
-
 @task(name="moeprune-report")
 def write_report(out: str, study_file: str) -> dict[str, Any]:
     """`moeprune report --out OUT --study STUDY` (the stage function: MLflow and matplotlib, no torch)."""
     from moeprune.stages.report import run
 
     return run(out=Path(out), study=Path(study_file))
-
-
-def machine() -> str:
-    """Cores and load when the study started: wall times on a shared machine need both."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} CPU cores (load average {load:.1f} at the start)"
 
 
 def testbed_shards(layouts: list[Layout], quick: bool) -> list[list[dict[str, Any]]]:
@@ -255,39 +183,6 @@ def register_chains(layouts: list[Layout], points: list[Point], uri: str) -> lis
     return chains + [chain(f"register-{p.id}", [register_command(p.model_dir, p.metrics, uri)], "") for p in ordered]
 
 
-def write_all_metrics(layouts: list[Layout], points: dict[str, list[Point]]) -> dict[str, dict[str, float]]:
-    """The registered metrics files of bases and points; returns each point's scoring figures."""
-    scoring = {}
-    for lay in layouts:
-        write_json(lay.base_metrics, json.loads(lay.base_metrics.with_name("eval.json").read_text()))
-        scoring.update({p.id: write_metrics(p) for p in points[lay.spec.key]})
-    return scoring
-
-
-def merge_previous(record: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Keep the other studies of an earlier run in the same folder (`--studies A`, then `--studies B`).
-
-    Their points, phases and times are carried over, so the report covers both and the study's time is
-    the sum of the runs. An earlier run of the other variant (quick vs full) is not merged.
-    """
-    if not path.is_file():
-        return record
-    previous = json.loads(path.read_text())
-    others = {key: spec for key, spec in previous.get("studies", {}).items() if key not in record["studies"]}
-    if not others or previous.get("quick") != record["quick"]:
-        return record
-    merged = dict(record)
-    merged["studies"] = dict(sorted({**others, **record["studies"]}.items()))
-    points = [p for p in previous["points"] if p["study"] in others] + record["points"]
-    merged["points"] = sorted(points, key=lambda p: p["study"])  # stable: each study keeps its order
-    merged["phases"] = [ph for ph in previous["phases"] if set(ph.get("studies", [])) <= set(others)]
-    merged["phases"] += record["phases"]
-    for key in ("cpu_seconds", "wall_seconds"):
-        merged[key] = round(sum(ph[key] for ph in merged["phases"]), 1)
-    merged["command"] = record["command"].split(" --studies")[0]
-    return merged
-
-
 @flow(name="moeprune-study", log_prints=True)
 def study_flow(
     root: str = "runs/study", quick: bool = False, workers: int = 2, studies: tuple[str, ...] = ("A", "B")
@@ -322,28 +217,9 @@ def study_flow(
     phases.append(run_phase("register", [register_chains(layouts, list(by_id.values()), uri)], logs, workers))
     for phase in phases:
         phase["studies"] = [lay.spec.key for lay in layouts]
-    record = {
-        "command": shlex.join(
-            [
-                "bash",
-                "scripts/study.sh",
-                *(["--quick"] if quick else []),
-                *([] if set(studies) >= {"A", "B"} else ["--studies", *studies]),
-            ]
-        ),
-        "quick": quick,
-        "root": str(base),
-        "tracking_uri": uri,
-        "workers": workers,
-        "machine": machine_line,
-        "studies": {
-            lay.spec.key: {**spec_record(lay.spec, lay), "base": base_record(lay, quick, uri)} for lay in layouts
-        },
-        "points": [point_record(p, by_id, scoring[p.id], uri) for p in by_id.values()],
-        "phases": phases,
-        "cpu_seconds": round(sum(phase["cpu_seconds"] for phase in phases), 1),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+    run = {"root": str(base), "quick": quick, "workers": workers, "studies": studies, "tracking_uri": uri}
+    run.update(machine=machine_line, phases=phases, wall_seconds=round(time.perf_counter() - started, 1))
+    record = results_record(layouts, by_id, scoring, run)
     record = merge_previous(record, base / "study.json")
     write_json(base / "study.json", record)
     report = write_report(str(base / "report"), str(base / "study.json"))

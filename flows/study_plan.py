@@ -1,6 +1,7 @@
 """What the study runs: the two studies of issue 6, their points and the `moeprune` commands of each.
 
-Pure data and string building (no Prefect, no torch), so tests and the report can read the plan.
+Pure data and string building (no Prefect, no torch), so tests and the report can read the plan. Every
+command line comes from `tasks/commands.py`, the builder whose commands dvc.yaml runs.
 
 Study A (router-change paper, vision testbed): expert pruning only, every method at 25 / 50 / 75 %.
 Study B (STUN paper, LM testbed): STUN expert pruning then Wanda or OWL+Wanda vs Wanda or OWL+Wanda
@@ -10,12 +11,13 @@ alone, at the same total sparsity; plus expert pruning only at 25 / 50 % for eve
 from __future__ import annotations
 
 import math
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moeprune.testbed.presets import PRESETS
+from tasks import commands
+from tasks.commands import shell
 
 # The inputs each scoring method reads (the `needs` of its scorer): only those are passed, so a method's
 # `seconds` do not include loading what it does not use.
@@ -173,38 +175,21 @@ def pct(value: float) -> int:
 def evaluate_command(layout: Layout, model_dir: str | Path, out: str | Path) -> list[str]:
     """`moeprune evaluate` of one model with the study's task, limit and batch size."""
     spec = layout.spec
-    args = ["evaluate", "--model", str(model_dir), "--task", layout.fill(spec.task), "--out", str(out)]
-    if spec.eval_limit is not None:
-        args += ["--limit", str(spec.eval_limit)]
-    return args + ["--batch-size", str(spec.eval_batch_size)]
+    return commands.evaluate(model_dir, layout.fill(spec.task), out, spec.eval_limit, spec.eval_batch_size)
 
 
 def testbed_command(layout: Layout, quick: bool) -> list[str]:
     """`moeprune testbed` of the study's testbed."""
-    return ["testbed", layout.spec.testbed, "--out", str(layout.testbed)] + (["--quick"] if quick else [])
+    return commands.testbed(layout.spec.testbed, layout.testbed, {"quick": quick})
 
 
 def preparation_commands(layout: Layout) -> list[list[str]]:
     """Calibrate and profile once per model, and evaluate the base model."""
-    spec = layout.spec
+    spec, model = layout.spec, layout.model
     return [
-        [
-            "calibrate",
-            "--model",
-            str(layout.model),
-            "--source",
-            layout.fill(spec.calib_source),
-            "--samples",
-            str(spec.calib_samples),
-            "--seq-len",
-            str(spec.seq_len),
-            "--seed",
-            "0",
-            "--out",
-            str(layout.calib),
-        ],
-        ["profile", "--model", str(layout.model), "--calib", str(layout.calib), "--out", str(layout.profile)],
-        evaluate_command(layout, layout.model, layout.base_metrics.with_name("eval.json")),
+        commands.calibrate(model, layout.fill(spec.calib_source), spec.calib_samples, spec.seq_len, 0, layout.calib),
+        commands.profile(model, layout.calib, layout.profile),
+        evaluate_command(layout, model, layout.base_metrics.with_name("eval.json")),
     ]
 
 
@@ -214,30 +199,10 @@ def expert_point(layout: Layout, method: str, sparsity: float, seed: int | None)
     point_id = f"{spec.key}-{method}-e{pct(sparsity)}" + (f"-s{seed}" if seed is not None else "")
     folder = layout.point_dir(point_id)
     inputs = {"reference": layout.reference, "profile": layout.profile, "calib": layout.calib}
-    score = [
-        "score",
-        "--model",
-        str(layout.model),
-        "--method",
-        method,
-        "--expert-sparsity",
-        f"{sparsity:g}",
-        "--seed",
-        str(seed or 0),
-        "--out",
-        str(folder / "scores.json"),
-    ]
-    for name in METHOD_INPUTS[method]:
-        score += [f"--{name}", str(inputs[name])]
-    prune = [
-        "prune-experts",
-        "--model",
-        str(layout.model),
-        "--scores",
-        str(folder / "scores.json"),
-        "--out",
-        str(folder / "model"),
-    ]
+    scores = folder / "scores.json"
+    read = {name: inputs[name] for name in METHOD_INPUTS[method]}
+    score = commands.score(layout.model, method, sparsity, seed or 0, scores, **read)
+    prune = commands.prune_experts(layout.model, scores, folder / "model")
     return Point(
         id=point_id,
         study=spec.key,
@@ -262,21 +227,8 @@ def unstructured_point(layout: Layout, method: str, total: float, parent: Point 
     point_id = f"{spec.key}-{label.replace('+', '-then-')}-t{pct(total)}"
     folder = layout.point_dir(point_id)
     source = layout.model if parent is None else parent.model_dir
-    prune = [
-        "prune-unstructured",
-        "--model",
-        str(source),
-        "--method",
-        method.removeprefix("owl-"),
-        "--total-sparsity",
-        f"{total:g}",
-        "--calib",
-        str(layout.calib),
-        "--out",
-        str(folder / "model"),
-    ]
-    if method.startswith("owl-"):
-        prune.append("--owl")
+    options = {"total-sparsity": total, "owl": method.startswith("owl-")}
+    prune = commands.prune_unstructured(source, method.removeprefix("owl-"), folder / "model", options, layout.calib)
     return Point(
         id=point_id,
         study=spec.key,
@@ -341,12 +293,7 @@ def requested(spec: StudySpec) -> dict[str, dict[str, list[float]]]:
 
 def register_command(model_dir: str | Path, metrics: str | Path, tracking_uri: str) -> list[str]:
     """`moeprune register` into the study's own MLflow store."""
-    return ["register", "--model", str(model_dir), "--metrics", str(metrics), "--tracking-uri", tracking_uri]
-
-
-def shell(args: list[str]) -> str:
-    """A command as one shell line."""
-    return "moeprune " + shlex.join(args)
+    return commands.register(model_dir, metrics, tracking_uri=tracking_uri)
 
 
 def point_commands(point: Point, points: dict[str, Point], tracking_uri: str) -> list[str]:
