@@ -128,6 +128,7 @@ def test_sparsity_figures_count_removed_experts_and_zeros(tmp_path):
     blocks = sum(p.numel() for p in model.model.layers.parameters())
     assert figures["active_params_per_token"] == blocks - 2 * (6 - 2) * per_expert
     assert figures["size_bytes"] == (pruned_dir / "model.safetensors").stat().st_size
+    assert sparsity_figures(pruned_dir, streaming=True) == figures  # one layer at a time, the same counts
     stats = json.loads((pruned_dir / "moeprune.json").read_text())["base_stats"]
     assert stats["prunable_params"] == base_targeted and stats["routed_experts"] == 16
 

@@ -14,6 +14,7 @@ from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.streamed import StreamedSource
 from moeprune.data.calibration import calibration_batches
 from moeprune.errors import MoepruneError
+from moeprune.evaluation.efficiency import sparsity_figures
 from moeprune.evaluation.perplexity import evaluate_perplexity
 from moeprune.profiling import load_profile
 from moeprune.scoring import SCORERS, ScoringContext
@@ -194,6 +195,9 @@ def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(t
     memory = evaluate_perplexity(tmp_path / "lm", text, **common)
     streamed = evaluate_perplexity(tmp_path / "lm", text, streaming=True, **common)
     assert streamed == memory and memory["perplexity.tokens"] > 100
+    figures = sparsity_figures(tmp_path / "lm")
+    assert sparsity_figures(tmp_path / "lm", streaming=True) == figures
+    assert figures["params"] == sum(p.numel() for p in model.parameters()) and figures["expert_sparsity"] == 0
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps({"question": "w5 w6", "answer": "w7 #### 3"}) + "\n")
     with pytest.raises(MoepruneError, match=r"task 'gsm8k-local' needs the whole model .* --streaming was given"):

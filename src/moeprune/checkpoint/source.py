@@ -58,6 +58,8 @@ class ModelSource(layerwise.BlockSource, Protocol):
 
     def nonzero_weights(self, targets: str = "all") -> int: ...
 
+    def census(self) -> dict[str, int]: ...
+
     def writer(self, out_dir: str | Path) -> ModelWriter: ...
 
 
@@ -114,10 +116,25 @@ class InMemorySource:
     def nonzero_weights(self, targets: str = "all") -> int:
         return count_weights(self.adapter, targets)[1]
 
+    def census(self) -> dict[str, int]:
+        """`params`, `nonzero_params` (every parameter), `targeted`, `nonzero_targeted` (prunable Linears)."""
+        targeted, nonzero_targeted = count_weights(self.adapter)
+        return {**parameter_census(self.model.parameters()), "targeted": targeted, "nonzero_targeted": nonzero_targeted}
+
     def writer(self, out_dir: str | Path) -> InMemoryWriter:
         if self.model_dir is None:
             raise ValueError("a model loaded without its directory cannot be written (tokenizer files unknown)")
         return InMemoryWriter(self.model, self.model_dir, out_dir)
+
+
+def parameter_census(parameters: Iterable[torch.Tensor]) -> dict[str, int]:
+    """`params` (shapes only, so meta tensors count) and `nonzero_params` of real tensors (meta ones: 0)."""
+    total = nonzero = 0
+    with torch.no_grad():
+        for param in parameters:
+            total += param.numel()
+            nonzero += 0 if param.is_meta else int(torch.count_nonzero(param))
+    return {"params": total, "nonzero_params": nonzero}
 
 
 def open_model(model_dir: str | Path, streaming: bool = False, device: torch.device | str = "cpu") -> ModelSource:

@@ -289,6 +289,23 @@ class StreamedSource:
                     nonzero += int(torch.count_nonzero(weight))
         return nonzero
 
+    def census(self) -> dict[str, int]:
+        """`InMemorySource.census` in one read of every decoder layer (shapes give the totals)."""
+        from moeprune.checkpoint.source import parameter_census
+
+        inside = {id(param) for param in self.adapter.decoder_layers.parameters()}
+        with self.outside_layers() as model:
+            counts = parameter_census(param for param in model.parameters() if id(param) not in inside)
+        targeted, nonzero_targeted = self.targeted_weights("all"), 0
+        for index in range(self.num_blocks):
+            with self.block(index) as block, torch.no_grad():
+                layer = parameter_census(block.parameters())
+                counts = {name: counts[name] + layer[name] for name in counts}
+                nonzero_targeted += sum(
+                    int(torch.count_nonzero(w)) for _, w in layer_linear_weights(self.adapter, index, "all")
+                )
+        return {**counts, "targeted": targeted, "nonzero_targeted": nonzero_targeted}
+
     def writer(self, out_dir: str | Path) -> ShardWriter:
         """Writes each processed layer as its own shard, then the rest (`checkpoint.writer.ShardWriter`)."""
         return ShardWriter(self, out_dir)

@@ -17,20 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 _BASE_KEYS = ("routed_experts", "prunable_params")
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, nonzero parameters) of a model."""
-    total = nonzero = 0
-    with torch.no_grad():
-        for param in model.parameters():
-            total += param.numel()
-            nonzero += int(torch.count_nonzero(param))
-    return total, nonzero
 
 
 def size_on_disk(model_dir: str | Path) -> int:
@@ -66,21 +53,26 @@ def sparsity_from_counts(
     }
 
 
-def model_sparsity_figures(model: nn.Module, model_dir: str | Path) -> dict[str, Any]:
-    """Sparsity figures of a loaded model whose files (and lineage) are in `model_dir`."""
-    from moeprune.arch import get_adapter
-    from moeprune.arch.linears import count_weights
+def sparsity_figures(model_dir: str | Path, streaming: bool = False) -> dict[str, Any]:
+    """The sparsity and size figures of the model in `model_dir` (read one layer at a time when streamed).
 
-    adapter = get_adapter(model)
-    targeted, nonzero_targeted = count_weights(adapter)
+    Returns:
+        Flat keys: `expert_sparsity`, `weight_sparsity`, `total_sparsity`, `params`, `nonzero_params`,
+        `active_params_per_token`, `size_bytes`, `experts_per_layer` (list, one count per MoE layer),
+        plus `routed_experts`, `targeted_params` and `nonzero_targeted_params`.
+    """
+    from moeprune.checkpoint.source import open_model
+
+    source = open_model(model_dir, streaming)
+    census = source.census()
+    adapter = source.adapter
     routed_experts = sum(layer.num_experts for layer in adapter.layers)
-    own = {"routed_experts": routed_experts, "prunable_params": targeted}
-    base = base_statistics(model_dir, own)
-    params, nonzero_params = parameter_counts(model)
+    targeted, nonzero_targeted = census["targeted"], census["nonzero_targeted"]
+    base = base_statistics(model_dir, {"routed_experts": routed_experts, "prunable_params": targeted})
     return {
         **sparsity_from_counts(routed_experts, targeted, nonzero_targeted, base),
-        "params": params,
-        "nonzero_params": nonzero_params,
+        "params": census["params"],
+        "nonzero_params": census["nonzero_params"],
         "active_params_per_token": adapter.active_params_per_token(),
         "size_bytes": size_on_disk(model_dir),
         "experts_per_layer": [layer.num_experts for layer in adapter.layers],
@@ -88,16 +80,3 @@ def model_sparsity_figures(model: nn.Module, model_dir: str | Path) -> dict[str,
         "targeted_params": targeted,
         "nonzero_targeted_params": nonzero_targeted,
     }
-
-
-def sparsity_figures(model_dir: str | Path) -> dict[str, Any]:
-    """Load the model in `model_dir` and return its sparsity and size figures.
-
-    Returns:
-        Flat keys: `expert_sparsity`, `weight_sparsity`, `total_sparsity`, `params`, `nonzero_params`,
-        `active_params_per_token`, `size_bytes`, `experts_per_layer` (list, one count per MoE layer),
-        plus `routed_experts`, `targeted_params` and `nonzero_targeted_params`.
-    """
-    from moeprune.arch import load_model
-
-    return model_sparsity_figures(load_model(model_dir), model_dir)

@@ -124,10 +124,21 @@ def _check_lm_eval(argument: str, include_path: Path | None = None, backend: str
 
 
 @register_task("lm-eval", metrics="lm-eval", argument="NAME[+NAME...]", is_path=False, check=_check_lm_eval)
-def _lm_eval(model_dir: Path, names: str, limit: int | None, batch_size: int, device: str, **options: Any) -> dict:
+def _lm_eval(
+    model_dir: Path,
+    names: str,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    include_path: Path | None = None,
+    backend: str = "hf",
+    **_: Any,
+) -> dict:
     from moeprune.evaluation.lm_eval_tasks import evaluate_lm_eval, task_names
 
-    return evaluate_lm_eval(model_dir, task_names(names), limit, batch_size, device, **options)
+    return evaluate_lm_eval(
+        model_dir, task_names(names), limit, batch_size, device, include_path=include_path, backend=backend
+    )
 
 
 def valid_tasks() -> str:

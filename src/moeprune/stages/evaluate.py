@@ -73,7 +73,7 @@ def run(
     resolve_device(device)  # fail fast on a device this machine lacks
     with scratch_dir(out):  # lm-eval's task folders and other temporaries live beside out, and go
         metrics = run_tasks(Path(model), task, limit, batch_size, device, streaming=streaming, **options)
-    result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model)}
+    result = {"task": task, "model": str(model), **metrics, **sparsity_figures(model, streaming)}
     result["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out, result)
     return result
