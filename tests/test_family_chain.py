@@ -89,8 +89,8 @@ def test_cli_chain(family, tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
 
 
-def test_mixed_attention_refusals_are_accurate():
-    """Families refused for mixed attention layers do mix them in their stock configuration."""
+def test_layer_by_layer_refusals_are_accurate():
+    """Families refused because layer-by-layer pruning cannot run them have that layout in their stock configuration."""
     from transformers import CONFIG_MAPPING
 
     from moeprune.arch.refused import REFUSED
@@ -99,3 +99,4 @@ def test_mixed_attention_refusals_are_accurate():
     assert mixed
     for name in mixed:
         assert len(set(CONFIG_MAPPING[name]().layer_types)) > 1, name
+    assert "shared" in CONFIG_MAPPING["hy_v4"]().indexer_types

@@ -38,6 +38,33 @@ def _deepseek(num_experts: int) -> dict:
     )
 
 
+def _v3_like(num_experts: int) -> dict:
+    """DeepSeek-V3-like MoE sizes: a dense first layer, two sparse ones, two routing groups, one shared expert."""
+    return dict(
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        n_routed_experts=num_experts,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=2,
+        norm_topk_prob=True,
+        num_hidden_layers=3,
+        mlp_layer_types=["dense", "sparse", "sparse"],
+    )
+
+
+def _mla() -> dict:
+    """Multi-head latent attention sizes."""
+    return dict(
+        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, num_key_value_heads=4
+    )
+
+
+def _indexer() -> dict:
+    """Sparse-attention indexer sizes (it keeps every token of a short sequence)."""
+    return dict(index_topk=64, index_head_dim=8, index_n_heads=2)
+
+
 def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict]:
     moe = dict(num_experts_per_tok=top_k)
     specs = {
@@ -133,6 +160,23 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 mlp_layer_types=["dense", "sparse"],
             ),
         ),
+        "glm4_moe": (
+            "Glm4MoeConfig",
+            dict(_v3_like(num_experts), first_k_dense_replace=1, head_dim=8, use_qk_norm=True),
+        ),
+        "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(_v3_like(num_experts), **_mla())),
+        "dots1": ("Dots1Config", dict(_v3_like(num_experts), first_k_dense_replace=1, head_dim=8)),
+        "solar_open": ("SolarOpenConfig", dict(_v3_like(num_experts), head_dim=8)),
+        "axk1": ("AXK1Config", dict(_v3_like(num_experts), **_mla())),
+        "axk2": ("AXK2Config", dict(_v3_like(num_experts), **_mla(), **_indexer())),
+        "deepseek_v32": (
+            "DeepseekV32Config",
+            dict(_v3_like(num_experts), **_mla(), **_indexer(), first_k_dense_replace=1),
+        ),
+        "glm_moe_dsa": (
+            "GlmMoeDsaConfig",
+            dict(_v3_like(num_experts), **_mla(), **_indexer(), first_k_dense_replace=1),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -179,6 +223,14 @@ FAMILIES_WITH_TINY_MODELS = (
     "ernie4_5_moe",
     "hunyuan_v1_moe",
     "hy_v3",
+    "glm4_moe",
+    "glm4_moe_lite",
+    "dots1",
+    "solar_open",
+    "axk1",
+    "axk2",
+    "deepseek_v32",
+    "glm_moe_dsa",
 )
 
 

@@ -58,6 +58,25 @@ class Family:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+def _n_group_set(config: PretrainedConfig) -> bool:
+    return getattr(config, "n_group", None) is not None
+
+
+def _v3_like(name: str, count_fields: tuple[str, ...] = ("n_routed_experts",), **facts) -> Family:
+    """A DeepSeek-V3-style MoE: sigmoid router `gate` with a correction bias, group-limited top-k, shared_experts.
+
+    Its gate weights are the chosen experts' own sigmoid scores (renormalised among them if
+    norm_topk_prob), so removing experts a token did not choose leaves them unchanged.
+    """
+    defaults = dict(
+        gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+        shared_attrs=("shared_experts",),
+        group_routing=_always,
+        min_per_group=2,
+    )
+    return Family(name, count_fields, **{**defaults, **facts})
+
+
 def _deepseek_v2_groups(config: PretrainedConfig) -> bool:
     return getattr(config, "topk_method", "greedy") == "group_limited_greedy"
 
@@ -93,15 +112,7 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_experts",),
             group_routing=_deepseek_v2_groups,
         ),
-        Family(
-            "deepseek_v3",
-            ("n_routed_experts",),
-            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-            renormalises=_norm_topk_prob,
-            shared_attrs=("shared_experts",),
-            group_routing=_always,
-            min_per_group=2,
-        ),
+        _v3_like("deepseek_v3"),
         Family("phimoe", ("num_local_experts",), router_attr="router", gate="sparsemixer", renormalises=_never),
         Family(
             "flex_olmo",
@@ -155,6 +166,14 @@ FAMILIES: dict[str, Family] = {
             gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
         ),
+        _v3_like("glm4_moe"),
+        _v3_like("glm4_moe_lite"),
+        _v3_like("dots1"),
+        _v3_like("solar_open"),
+        _v3_like("axk1"),
+        _v3_like("axk2", group_routing=_n_group_set),
+        _v3_like("deepseek_v32"),
+        _v3_like("glm_moe_dsa"),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )
 }

@@ -12,7 +12,6 @@ from moeprune.errors import MoepruneError
 
 _HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
 _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
-_V3_LIKE = "DeepSeek-V3-style router '{}' with shared_experts; no family entry or round-trip test yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
 _MIXED = "mixes sliding and full attention layers, which layer-by-layer pruning refuses; {}"
 
@@ -20,34 +19,30 @@ REFUSED: dict[str, str] = {
     "afmoe": _MIXED.format("router 'router' reads [B, T, H], block-level expert_bias"),
     "aria": _VL.format("AriaForConditionalGeneration; text experts transposed, router 'router'"),
     "aria_text": _NO_ENTRY.format("router 'router', transposed experts (is_transposed), shared_experts"),
-    "axk1": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts and a post-MoE norm"),
-    "axk2": _V3_LIKE.format("gate"),
     "bailing_hybrid": _HYBRID.format("linear attention / mamba"),
     "beam": _MIXED.format("expert removal alone round-trips"),
     "cohere2_moe": _MIXED.format("expert removal alone round-trips"),
     "deepseek_ocr2": _VL.format("DeepSeek-OCR2 around a DeepSeek-V2-style text MoE"),
-    "deepseek_v32": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts, sparse-attention indexer"),
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "dots1": _V3_LIKE.format("gate"),
     "dots3_note": _VL.format("Dots3Note, with MoE in both the text and the vision tower"),
     "dots3_note_text": _NO_ENTRY.format("router 'gate' (Dots3NoteTextTopkRouter) with shared_experts"),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
-    "exaone_moe": _V3_LIKE.format("gate"),
+    "exaone_moe": _MIXED.format("DeepSeek-V3-style expert removal alone round-trips"),
     "flint": _NO_ENTRY.format("router 'gate' with a sigmoid-gated shared_expert"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "glm4_moe": _V3_LIKE.format("gate"),
-    "glm4_moe_lite": _V3_LIKE.format("gate"),
     "glm4v_moe": _VL.format("Glm4vMoeForConditionalGeneration around a GLM-4-MoE text model"),
     "glm5_next": _VL.format("GLM-5-Next; its text model also has hybrid layers and clamped experts"),
-    "glm_moe_dsa": _NO_ENTRY.format("DeepSeek-V3-style router 'gate', shared_experts, sparse-attention indexer"),
     "gpt_oss": "fused gate_up (interleaved, transposed) with biases and a clamp (limit, alpha) is not handled yet",
     "granitemoe_swa": _NO_ENTRY.format("router 'router' (GraniteMoeSWATopKRouter), sliding-window attention"),
     "granitemoehybrid": _HYBRID.format("mamba2"),
-    "hy_v4": _NO_ENTRY.format("router 'gate', clamped experts (limit) and shared_experts"),
     "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
     "inkling2_text": _HYBRID.format("short conv / mamba"),
+    "hy_v4": (
+        "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
+        "which layer-by-layer pruning does not pass on"
+    ),
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "inkling_text": _HYBRID.format("short conv / mamba"),
     "jamba": _HYBRID.format("mamba, MoE every k-th layer"),
@@ -71,7 +66,6 @@ REFUSED: dict[str, str] = {
     "qwen3_vl_moe": _VL.format("Qwen3VLMoeForConditionalGeneration around a Qwen3-MoE text model"),
     "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
     "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
-    "solar_open": _V3_LIKE.format("gate"),
     "unlimited_ocr": _VL.format("Unlimited-OCR around a DeepSeek-V2-style text MoE"),
     "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
 }
