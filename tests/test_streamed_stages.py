@@ -178,7 +178,7 @@ def test_score_reads_only_what_the_method_needs_and_equals_in_memory(
     assert record["layers"] == expected
 
 
-def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(tmp_path):
+def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -205,3 +205,10 @@ def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(t
             model=tmp_path / "lm", task=f"gsm8k-local:{problems}", out=tmp_path / "m.json", streaming=True
         )
     assert not (tmp_path / "m.json").exists()
+    in_memory = evaluate_stage.run(model=tmp_path / "lm", task=f"perplexity:{text}", out=tmp_path / "mem.json")
+    monkeypatch.setenv("MOEPRUNE_MEMORY_BUDGET_GB", "0.00001")  # about 10 KB: the float32 model cannot fit
+    with pytest.raises(MoepruneError, match=r"it needs .* GiB and the memory budget is .*--device cuda"):
+        evaluate_stage.run(model=tmp_path / "lm", task=f"gsm8k-local:{problems}", out=tmp_path / "m.json")
+    record = evaluate_stage.run(model=tmp_path / "lm", task=f"perplexity:{text}", out=tmp_path / "p.json")
+    streamed_on_its_own = {k: v for k, v in record.items() if k != "seconds"}
+    assert streamed_on_its_own == {k: v for k, v in in_memory.items() if k != "seconds"}  # figures included

@@ -48,14 +48,45 @@ def gib(size: int) -> str:
     return f"{size / 1024**3:.1f} GiB"
 
 
-def check_fits_whole(model_dir: str | Path, requested: bool, purpose: str) -> None:
-    """MoepruneError (one line) when `purpose` needs the whole model but it must be streamed."""
-    if not use_streaming(model_dir, requested):
-        return
-    size, budget = checkpoint_bytes(model_dir), memory_budget_bytes()
-    why = "--streaming was given" if requested else f"it is larger than the memory budget ({gib(budget)})"
+def _whole_model_budget(device: str) -> tuple[int, str]:
+    """(bytes a whole model may take on `device`, where): GPU free memory on CUDA, else the memory budget."""
+    import torch
+
+    from moeprune.devices import resolve_device
+
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda" and not os.environ.get(BUDGET_ENV):
+        free, _ = torch.cuda.mem_get_info(torch_device)
+        return int(free * 0.9), f"free memory of {torch_device}"
+    return memory_budget_bytes(), "memory budget"
+
+
+def _bytes_when_loaded(model_dir: str | Path, device: str) -> int:
+    """Checkpoint bytes, doubled for 16-bit weights on the CPU (generation tasks run there in float32)."""
+    from moeprune.checkpoint.shards import ShardReader
+    from moeprune.devices import resolve_device
+
+    size = checkpoint_bytes(model_dir)
+    if resolve_device(device).type != "cpu":
+        return size
+    reader = ShardReader(model_dir)
+    floating = [reader.dtype(key) for key in list(reader.files)[:8] if reader.dtype(key).is_floating_point]
+    return size * 2 if floating and floating[0].itemsize == 2 else size
+
+
+def check_fits_whole(model_dir: str | Path, requested: bool, purpose: str, device: str = "auto") -> None:
+    """MoepruneError (one line) when `purpose` needs the whole model on `device` but it cannot be held there."""
+    size = checkpoint_bytes(model_dir)
+    if requested:
+        why = "--streaming was given"
+    else:
+        needed = _bytes_when_loaded(model_dir, device)
+        budget, where = _whole_model_budget(device)
+        if needed <= budget:
+            return
+        why = f"it needs {gib(needed)} and the {where} is {gib(budget)}"
     raise MoepruneError(
-        f"{purpose} needs the whole model ({gib(size)}) on one device, but {why}; run it where the model fits "
-        f"(e.g. --device cuda on a GPU that holds it, or raise {BUDGET_ENV}), or evaluate perplexity:PATH, "
+        f"{purpose} needs the whole model ({gib(size)} on disk) on one device, but {why}; run it where the model "
+        f"fits (--device cuda on a GPU that holds it, or raise {BUDGET_ENV}), or evaluate perplexity:PATH, "
         "which reads one layer at a time"
     )

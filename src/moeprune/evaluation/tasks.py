@@ -209,7 +209,7 @@ def run_tasks(
     parsed = parse_tasks(specs)
     for task, _ in parsed:
         if not task.streams:
-            check_fits_whole(model_dir, bool(options.get("streaming")), f"task {task.name!r}")
+            check_fits_whole(model_dir, bool(options.get("streaming")), f"task {task.name!r}", device)
     metrics: dict[str, Any] = {}
     for task, argument in parsed:
         metrics.update(task.evaluate(Path(model_dir), argument, limit, batch_size, device, **options))
