@@ -206,7 +206,10 @@ def test_deepseek_group_constraint():
 
 
 def test_run_expert_matches_stacked_forward():
-    model = tiny_moe_model("qwen2_moe")
+    _test_run_expert(tiny_moe_model("qwen2_moe"))
+
+
+def _test_run_expert(model):
     layer = get_adapter(model).layers[0]
     hidden = torch.randn(6, model.config.hidden_size)
     _, weights, index = layer.route(hidden)
@@ -232,3 +235,37 @@ def test_non_moe_model_is_refused():
     )
     with pytest.raises(MoepruneError, match="no MoE layer found"):
         get_adapter(LlamaForCausalLM(config))
+
+
+def test_gpt_oss_experts_round_trip(monkeypatch, tmp_path):
+    """gpt_oss (refused for its mixed attention layers) has transposed, interleaved, biased, clamped experts and a
+    router bias: all of them are sliced, and stock transformers reloads the same logits."""
+    from moeprune.arch.families import FAMILIES, Family
+    from moeprune.arch.refused import REFUSED
+
+    monkeypatch.setitem(FAMILIES, "gpt_oss", Family("gpt_oss", ("num_local_experts",), router_attr="router"))
+    monkeypatch.delitem(REFUSED, "gpt_oss")
+    model = tiny_moe_model("gpt_oss")
+    layer = get_adapter(model).layers[0]
+    assert layer.is_transposed and not layer.is_concatenated and layer.experts.has_bias
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and (".experts." in name or ".router." in name):
+                param.normal_(0.0, 0.1)
+    _test_run_expert(model)
+    ids, keep = _keep_sets_for(model, "gpt_oss")
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    remove_experts(model, keep)
+    model.save_pretrained(tmp_path / "model")
+    job = [{"dir": str(tmp_path / "model"), "ids": ids}]
+    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps(job)], check=True, timeout=300)
+    state = load_file(tmp_path / "reloaded.safetensors")
+    for layer in get_adapter(model).layers:
+        keys = _per_expert_keys(layer, get_adapter(model).family)
+        names = {key.removeprefix(f"{layer.path}.") for key in keys}
+        assert {"experts.gate_up_proj_bias", "experts.down_proj_bias", "router.bias"} <= names
+        for key, dim in keys.items():
+            assert torch.equal(state[key], original[key].index_select(dim, torch.tensor(keep[layer.index]))), key
+    torch.testing.assert_close(state["__logits__"], logits, atol=1e-5, rtol=1e-5)

@@ -177,6 +177,16 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             "GlmMoeDsaConfig",
             dict(_v3_like(num_experts), **_mla(), **_indexer(), first_k_dense_replace=1),
         ),
+        # Refused (mixed attention layers) but its experts round-trip; tests/test_arch_removal.py checks them.
+        "gpt_oss": (
+            "GptOssConfig",
+            dict(
+                intermediate_size=24,
+                num_local_experts=num_experts,
+                head_dim=8,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
