@@ -168,13 +168,19 @@ def test_renormalising_gate_keeps_logits(reloaded, family):
     torch.testing.assert_close(logits, case["logits"], atol=1e-5, rtol=1e-5)
 
 
-def test_top_k_is_clamped_with_warning():
-    model = tiny_moe_model("mixtral", num_experts=4, top_k=2)
+@pytest.mark.parametrize("family", ["mixtral", "hunyuan_v1_moe"])
+def test_top_k_is_clamped_with_warning(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_moe_model(family, num_experts=4, top_k=2)
     with pytest.warns(UserWarning, match="top_k=2"):
         remove_experts(model, {0: [1], 1: [2]})
-    assert model.config.num_experts_per_tok == 1
-    assert get_adapter(model).layers[0].top_k == 1
+    adapter = get_adapter(model)
+    assert [getattr(model.config, field) for field in adapter.family.top_k_fields] == [1]
+    assert adapter.layers[0].top_k == 1
     model(torch.tensor([[5, 6, 7]]))
+    model.save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_pretrained(tmp_path)(torch.tensor([[5, 6, 7]]))
 
 
 @pytest.mark.parametrize(
@@ -205,8 +211,9 @@ def test_deepseek_group_constraint():
         assert validate_keep_sets(adapter, {1: [0, 1, 4, 5], 2: [2, 3, 6, 7]})[2] == [2, 3, 6, 7]
 
 
-def test_run_expert_matches_stacked_forward():
-    _test_run_expert(tiny_moe_model("qwen2_moe"))
+@pytest.mark.parametrize("family", FAMILIES_WITH_TINY_MODELS)
+def test_run_expert_matches_stacked_forward(family):
+    _test_run_expert(tiny_moe_model(family))
 
 
 def _test_run_expert(model):

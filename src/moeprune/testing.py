@@ -177,6 +177,12 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             "GlmMoeDsaConfig",
             dict(_v3_like(num_experts), **_mla(), **_indexer(), first_k_dense_replace=1),
         ),
+        "aria_text": (
+            "AriaTextConfig",
+            dict(
+                intermediate_size=24, moe_num_experts=num_experts, moe_topk=top_k, moe_num_shared_experts=1, head_dim=8
+            ),
+        ),
         # Refused (mixed attention layers) but its experts round-trip; tests/test_arch_removal.py checks them.
         "gpt_oss": (
             "GptOssConfig",
@@ -233,6 +239,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "ernie4_5_moe",
     "hunyuan_v1_moe",
     "hy_v3",
+    "aria_text",
     "glm4_moe",
     "glm4_moe_lite",
     "dots1",

@@ -31,6 +31,7 @@ class Family:
     Attributes:
         name: the config `model_type`.
         count_fields: config fields that hold the routed expert count (all are updated on removal).
+        top_k_fields: config fields that hold top_k (clamped when fewer experts remain).
         router_attr: name of the router module inside the MoE block.
         router_weight: dotted path, inside the router, of its rows `[E, H]` (`weight`, or e.g. `wg.weight`
             where the router wraps a Linear).
@@ -47,6 +48,7 @@ class Family:
 
     name: str
     count_fields: tuple[str, ...]
+    top_k_fields: tuple[str, ...] = ("num_experts_per_tok",)
     router_attr: str = "gate"
     router_weight: str = "weight"
     router_inputs: tuple[str, ...] = ()
@@ -155,6 +157,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "hunyuan_v1_moe",
             ("num_experts",),
+            top_k_fields=("moe_topk",),
             router_weight="wg.weight",
             gate="softmax -> top-k -> renormalise",
             shared_attrs=("shared_mlp",),
@@ -164,6 +167,14 @@ FAMILIES: dict[str, Family] = {
             ("num_experts",),
             router_inputs=("e_score_correction_bias",),
             gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "aria_text",
+            ("moe_num_experts",),
+            top_k_fields=("moe_topk",),
+            router_attr="router",
+            gate="top-k logits -> softmax",
             shared_attrs=("shared_experts",),
         ),
         _v3_like("glm4_moe"),

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from moeprune.arch.adapter import MoEAdapter, MoELayer, get_adapter
+from moeprune.arch.families import get_family
 from moeprune.errors import MoepruneError
 
 _COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
@@ -153,13 +154,15 @@ def _check_merges(layer: MoELayer, groups: dict[int, list[int]]) -> None:
 
 
 def _clamp_top_k(model: nn.Module, config, new_count: int) -> None:
-    top_k = getattr(config, "num_experts_per_tok", None)
-    if top_k is not None and top_k > new_count:
-        warnings.warn(
-            f"top_k={top_k} is larger than the {new_count} kept experts; top_k becomes {new_count}",
-            stacklevel=3,
-        )
-        config.num_experts_per_tok = new_count
+    family = get_family(getattr(config, "model_type", ""))
+    for field in family.top_k_fields if family is not None else ("num_experts_per_tok",):
+        top_k = getattr(config, field, None)
+        if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > new_count:
+            warnings.warn(
+                f"top_k={top_k} is larger than the {new_count} kept experts; top_k becomes {new_count}",
+                stacklevel=3,
+            )
+            setattr(config, field, new_count)
     for module in model.modules():
         for attr in _TOP_K_ATTRS:
             value = getattr(module, attr, None)
