@@ -41,7 +41,8 @@ class Family:
         renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
             did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
             scores (then removing unused experts leaves outputs unchanged for tokens that never used them).
-        shared_attrs: always-on shared experts inside the block (never expert-pruned).
+        shared_attrs: always-on shared experts inside the block, or beside it in the decoder layer
+            (granitemoeshared's `shared_mlp`); never expert-pruned.
         group_routing: DeepSeek-style group-limited routing needs equal-size groups after removal.
         min_per_group: experts each group must keep (DeepSeek-V3 scores a group by its top-2).
     """
