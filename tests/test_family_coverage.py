@@ -109,3 +109,13 @@ def test_the_readme_families_table_is_up_to_date():
     from family_table import readme_table, render
 
     assert readme_table() == render(), "README.md is out of date: run `.venv/bin/python tests/family_table.py`"
+
+
+def test_pending_families_are_refused_and_have_tiny_models():
+    """families.PENDING: refused (for a stage outside arch/), never covered, round-tripped by test_arch_removal."""
+    from moeprune.arch.families import PENDING
+    from moeprune.testing import _family_kwargs
+
+    for name in PENDING:
+        assert name in REFUSED and name not in FAMILIES, name
+        _family_kwargs(name, 8, 2)

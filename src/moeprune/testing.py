@@ -183,7 +183,50 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 intermediate_size=24, moe_num_experts=num_experts, moe_topk=top_k, moe_num_shared_experts=1, head_dim=8
             ),
         ),
-        # Refused (mixed attention layers) but its experts round-trip; tests/test_arch_removal.py checks them.
+        # Refused for a stage outside arch/ (families.PENDING); tests/test_arch_removal.py round-trips them.
+        "cohere2_moe": (
+            "Cohere2MoeConfig",
+            dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, head_dim=8, sliding_window=16),
+        ),
+        "mimo_v2_flash": (
+            "MiMoV2FlashConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                n_routed_experts=num_experts,
+                n_group=2,
+                topk_group=2,
+                head_dim=8,
+                v_head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "beam": (
+            "BeamConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                n_group=2,
+                topk_group=2,
+                head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "kolibri1": (
+            "Kolibri1Config",
+            dict(
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_local_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+            ),
+        ),
         "gpt_oss": (
             "GptOssConfig",
             dict(
@@ -234,11 +277,9 @@ FAMILIES_WITH_TINY_MODELS = (
     "granitemoe",
     "granitemoeshared",
     "mellum",
-    "minimax_m2",
     "laguna",
     "ernie4_5_moe",
     "hunyuan_v1_moe",
-    "hy_v3",
     "aria_text",
     "glm4_moe",
     "glm4_moe_lite",

@@ -138,12 +138,6 @@ FAMILIES: dict[str, Family] = {
             renormalises=_norm_topk_prob,
         ),
         Family(
-            "minimax_m2",
-            ("num_local_experts",),
-            gate="sigmoid + block-level correction bias -> top-k -> renormalise",
-            router_inputs=("e_score_correction_bias",),
-        ),
-        Family(
             "laguna",
             ("num_experts",),
             gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
@@ -164,13 +158,6 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_mlp",),
         ),
         Family(
-            "hy_v3",
-            ("num_experts",),
-            router_inputs=("e_score_correction_bias",),
-            gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
-            shared_attrs=("shared_experts",),
-        ),
-        Family(
             "aria_text",
             ("moe_num_experts",),
             top_k_fields=("moe_topk",),
@@ -187,6 +174,56 @@ FAMILIES: dict[str, Family] = {
         _v3_like("deepseek_v32"),
         _v3_like("glm_moe_dsa"),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
+    )
+}
+
+
+# Families whose experts, routers and counts the adapter and removal handle (tests/test_arch_removal.py
+# round-trips each like a covered family) but that a stage outside arch/ cannot run yet: arch/refused.py
+# says which. `get_family` does not return them; moving an entry to FAMILIES covers the family.
+PENDING: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "cohere2_moe",
+            ("num_experts",),
+            gate="top-k logits -> softmax, or sigmoid (renormalise if norm_topk_prob)",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "minimax_m2",
+            ("num_local_experts",),
+            gate="sigmoid + block-level correction bias -> top-k -> renormalise",
+            router_inputs=("e_score_correction_bias",),
+        ),
+        Family(
+            "mimo_v2_flash",
+            ("n_routed_experts",),
+            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+            group_routing=_always,
+            min_per_group=2,
+        ),
+        Family(
+            "beam",
+            ("num_experts",),
+            gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
+            group_routing=_always,
+            min_per_group=2,
+        ),
+        Family(
+            "kolibri1",
+            ("num_local_experts",),
+            gate="logits + correction bias -> top-k -> sigmoid (renormalise if norm_topk_prob)",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "hy_v3",
+            ("num_experts",),
+            router_inputs=("e_score_correction_bias",),
+            gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        Family("gpt_oss", ("num_local_experts",), router_attr="router", gate="top-k logits (+ router bias) -> softmax"),
     )
 }
 

@@ -14,6 +14,7 @@ _HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
 _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
 _MIXED = "mixes sliding and full attention layers, which layer-by-layer pruning refuses; {}"
+_ROUTER_ARG = "its router takes the block's {} as an argument, which naee scoring does not pass yet"
 
 REFUSED: dict[str, str] = {
     "afmoe": _MIXED.format("router 'router' reads [B, T, H], block-level expert_bias"),
@@ -36,12 +37,13 @@ REFUSED: dict[str, str] = {
     "gpt_oss": _MIXED.format("its transposed, interleaved, biased, clamped experts round-trip"),
     "granitemoe_swa": _MIXED.format("router 'router' (GraniteMoeSWATopKRouter)"),
     "granitemoehybrid": _HYBRID.format("mamba2"),
-    "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
-    "inkling2_text": _HYBRID.format("short conv / mamba"),
+    "hy_v3": _ROUTER_ARG.format("e_score_correction_bias"),
     "hy_v4": (
         "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
         "which layer-by-layer pruning does not pass on"
     ),
+    "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
+    "inkling2_text": _HYBRID.format("short conv / mamba"),
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "inkling_text": _HYBRID.format("short conv / mamba"),
     "jamba": _HYBRID.format("mamba, MoE every k-th layer"),
@@ -50,6 +52,7 @@ REFUSED: dict[str, str] = {
     "lfm2_moe": _HYBRID.format("short conv; block-level expert_bias"),
     "mimo_v2_flash": _MIXED.format("expert removal alone round-trips"),
     "minimax": _HYBRID.format("lightning linear attention"),
+    "minimax_m2": _ROUTER_ARG.format("e_score_correction_bias"),
     "minimax_m3_vl": _VL.format("MiniMax-M3-VL; its text model has lightning attention and clamped experts"),
     "minimax_m3_vl_text": _HYBRID.format("lightning attention; clamped experts"),
     "mistral4": _VL.format("Mistral4 (no causal-LM Auto class) around a DeepSeek-V3-style text MoE"),
