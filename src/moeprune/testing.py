@@ -184,6 +184,34 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             ),
         ),
         # Refused for a stage outside arch/ (families.PENDING); tests/test_arch_removal.py round-trips them.
+        "exaone_moe": (
+            "ExaoneMoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_shared_experts=1,
+                n_group=2,
+                topk_group=2,
+                head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "afmoe": (
+            "AfmoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_shared_experts=1,
+                num_dense_layers=1,
+                num_hidden_layers=3,
+                head_dim=8,
+                sliding_window=16,
+            ),
+        ),
         "cohere2_moe": (
             "Cohere2MoeConfig",
             dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, head_dim=8, sliding_window=16),

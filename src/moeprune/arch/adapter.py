@@ -131,7 +131,8 @@ class MoELayer:
 
     def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`)."""
-        return self.router(hidden.reshape(-1, hidden.shape[-1]), *self.router_inputs.values())
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return self.router(flat[None] if self.family.router_takes_batch else flat, *self.router_inputs.values())
 
     def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
         """Views `[out, in]` of one expert's matrices (`gate_proj`, `up_proj`, `down_proj`).

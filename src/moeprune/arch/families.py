@@ -37,6 +37,7 @@ class Family:
             where the router wraps a Linear).
         router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
             the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
+        router_takes_batch: the router reads hidden states `[B, T, H]` (AFMoE), not `[T, H]`.
         gate: a short description of the gate function, for `inspect` and model cards.
         renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
             did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
@@ -53,6 +54,7 @@ class Family:
     router_attr: str = "gate"
     router_weight: str = "weight"
     router_inputs: tuple[str, ...] = ()
+    router_takes_batch: bool = False
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
     shared_attrs: tuple[str, ...] = ()
@@ -221,6 +223,17 @@ PENDING: dict[str, Family] = {
             ("num_experts",),
             router_inputs=("e_score_correction_bias",),
             gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        _v3_like("exaone_moe", ("num_experts",)),
+        Family(
+            "afmoe",
+            ("num_experts",),
+            router_attr="router",
+            router_weight="gate.weight",
+            router_inputs=("expert_bias",),
+            router_takes_batch=True,
+            gate="sigmoid + block-level expert bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
         ),
         Family("gpt_oss", ("num_local_experts",), router_attr="router", gate="top-k logits (+ router bias) -> softmax"),

@@ -28,7 +28,7 @@ REFUSED: dict[str, str] = {
     "dots3_note": _VL.format("Dots3Note, with MoE in both the text and the vision tower"),
     "dots3_note_text": _MIXED.format("router 'gate' with shared_experts, indexed attention"),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
-    "exaone_moe": _MIXED.format("DeepSeek-V3-style expert removal alone round-trips"),
+    "exaone_moe": _MIXED.format("DeepSeek-V3-style router 'gate' with shared_experts"),
     "flint": _MIXED.format("router 'gate' with a sigmoid-gated shared_expert"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
