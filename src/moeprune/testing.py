@@ -184,6 +184,23 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             ),
         ),
         # Refused for a stage outside arch/ (families.PENDING); tests/test_arch_removal.py round-trips them.
+        "flint": (
+            "FlintConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_only_layers=[0],
+            ),
+        ),
+        "granitemoe_swa": (
+            "GraniteMoeSWAConfig",
+            dict(intermediate_size=24, num_local_experts=num_experts, shared_intermediate_size=40, sliding_window=16),
+        ),
         "exaone_moe": (
             "ExaoneMoeConfig",
             dict(

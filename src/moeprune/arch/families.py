@@ -236,6 +236,19 @@ PENDING: dict[str, Family] = {
             gate="sigmoid + block-level expert bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
         ),
+        Family(
+            "flint",
+            ("num_experts",),
+            gate="sigmoid -> top-k (renormalise if norm_topk_prob)",
+            shared_attrs=("shared_expert",),
+        ),
+        Family(
+            "granitemoe_swa",
+            ("num_local_experts",),
+            router_attr="router",
+            gate="top-k logits -> softmax",
+            shared_attrs=("shared_mlp",),
+        ),
         Family("gpt_oss", ("num_local_experts",), router_attr="router", gate="top-k logits (+ router bias) -> softmax"),
     )
 }

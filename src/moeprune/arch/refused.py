@@ -29,7 +29,7 @@ REFUSED: dict[str, str] = {
     "dots3_note_text": _MIXED.format("router 'gate' with shared_experts, indexed attention"),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "exaone_moe": _MIXED.format("DeepSeek-V3-style router 'gate' with shared_experts"),
-    "flint": _MIXED.format("router 'gate' with a sigmoid-gated shared_expert"),
+    "flint": _MIXED.format("sigmoid router 'gate', an ungated shared_expert"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "glm4v_moe": _VL.format("Glm4vMoeForConditionalGeneration around a GLM-4-MoE text model"),
