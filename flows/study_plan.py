@@ -10,29 +10,21 @@ alone, at the same total sparsity; plus expert pruning only at 25 / 50 % for eve
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moeprune.catalog.scorers import SCORERS
 from moeprune.testbed.presets import PRESETS
 from tasks import commands
 from tasks.commands import shell
 
-# The inputs each scoring method reads (the `needs` of its scorer): only those are passed, so a method's
-# `seconds` do not include loading what it does not use.
-METHOD_INPUTS = {
-    "router-change": ("reference",),
-    "router-change-diff": ("reference",),
-    "frequency": ("profile",),
-    "soft-frequency": ("profile",),
-    "reap": ("profile",),
-    "naee": ("calib",),
-    "stun": (),
-    "random": (),
-}
+# The command-line flag (of `commands.score`) that supplies each input a scoring method may need.
+INPUT_FLAGS = {"reference": "reference", "profile": "profile", "calibration": "calib"}
+# The inputs each scoring method reads (the `needs` of its declaration in moeprune.catalog.scorers): only
+# those are passed, so a method's `seconds` do not include loading what it does not use.
+METHOD_INPUTS = {entry.name: tuple(INPUT_FLAGS[need] for need in entry.needs) for entry in SCORERS.entries()}
 RANDOM = "random"
-NAEE = "naee"
 
 
 @dataclass(frozen=True)
@@ -246,18 +238,13 @@ def unstructured_point(layout: Layout, method: str, total: float, parent: Point 
 
 
 def intractable(spec: StudySpec, method: str, sparsity: float) -> str | None:
-    """Why `method` cannot run at `sparsity` on the study's testbed, or None (naee enumerates keep-sets)."""
-    if method != NAEE or spec.routed_experts is None:
+    """Why `method` cannot run at `sparsity` on the study's testbed, or None (its declared `refusal` rule)."""
+    refusal = SCORERS.get(method).refusal
+    if refusal is None or spec.routed_experts is None:
         return None
     from moeprune.scoring.base import keep_count
-    from moeprune.scoring.naee import MAX_COMBINATIONS
 
-    experts = spec.routed_experts
-    keep = keep_count(experts, sparsity)
-    count = math.comb(experts, keep)
-    if count <= MAX_COMBINATIONS:
-        return None
-    return f"C({experts}, {keep}) = {count:.2g} keep-sets per layer, above naee's max_combinations={MAX_COMBINATIONS}"
+    return refusal(spec.routed_experts, keep_count(spec.routed_experts, sparsity))
 
 
 def study_points(layout: Layout) -> list[Point]:
@@ -265,7 +252,7 @@ def study_points(layout: Layout) -> list[Point]:
     spec = layout.spec
     points = []
     for method in spec.expert_methods:
-        seeds = spec.random_seeds if method == RANDOM else (None,)
+        seeds = spec.random_seeds if SCORERS.get(method).seeded else (None,)
         columns = [s for s in spec.expert_sparsity if not intractable(spec, method, s)]
         points += [expert_point(layout, method, s, seed) for s in columns for seed in seeds]
     if spec.combined_expert:

@@ -18,6 +18,9 @@ from typing import Annotated, Any  # noqa: E402
 
 import typer  # noqa: E402
 
+from moeprune.catalog.scorers import SCORERS  # noqa: E402
+from moeprune.catalog.tasks import TASKS, usage  # noqa: E402
+from moeprune.catalog.unstructured import UNSTRUCTURED, unstructured_choices  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
 
 app = typer.Typer(
@@ -67,6 +70,27 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace an existing --out that is not an earlier output of this stage."),
 ]
+
+
+def _methods_needing(registry: Any, need: str) -> str:
+    """The methods that need `need`, with those that need it only under an option (`stun with lambda2`)."""
+    names = [entry.name for entry in registry.entries() if need in entry.needs]
+    names += [
+        f"{e.name} with {e.needs_when[need]}" for e in registry.entries() if need in e.facts.get("needs_when", {})
+    ]
+    return ", ".join(names)
+
+
+# Help texts that list methods and tasks are built from their registries (moeprune.catalog).
+SCORE_METHOD_HELP = f"{', '.join(SCORERS.names())}."
+SCORE_OPTION_HELP = "Method option KEY=VALUE (repeatable): " + "; ".join(
+    f"{entry.name}: {', '.join(f'{name}={option.example}' for name, option in entry.options.items())}"
+    for entry in SCORERS.entries()
+    if entry.options
+)
+UNSTRUCTURED_METHOD_HELP = f"{', '.join(UNSTRUCTURED.names())}, or {unstructured_choices()[-1]} (copy)."
+TASK_HELP = f"{', '.join(usage(task) for task in TASKS.entries())} (comma-separated)."
+STREAMING_TASKS = ", ".join(task.name for task in TASKS.entries() if task.streams)
 
 
 class TestbedKind(StrEnum):
@@ -150,7 +174,7 @@ def profile(
 
 
 def _split_options(pairs: list[str]) -> dict[str, str]:
-    """`KEY=VALUE` pairs as strings; `stages.score.coerce_options` turns the values into bools and numbers."""
+    """`KEY=VALUE` pairs as strings; `stages.score.parse_options` checks them against the method's declaration."""
     options: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -165,19 +189,23 @@ def score(
     model: ModelOpt,
     method: Annotated[
         str,
-        typer.Option(help="router-change, router-change-diff, frequency, soft-frequency, reap, naee, stun, random."),
+        typer.Option(help=SCORE_METHOD_HELP),
     ],
     expert_sparsity: Annotated[
         float, typer.Option("--expert-sparsity", help="Fraction of routed experts to remove per layer.")
     ],
     out: OutOpt,
     profile: Annotated[
-        Path | None, typer.Option(help="Profile directory (frequency, soft-frequency, reap, stun with lambda2).")
+        Path | None, typer.Option(help=f"Profile directory ({_methods_needing(SCORERS, 'profile')}).")
     ] = None,
-    reference: Annotated[Path | None, typer.Option(help="Pretrained checkpoint (router-change).")] = None,
-    calib: Annotated[Path | None, typer.Option(help="Calibration file (naee).")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help=f"Pretrained checkpoint ({_methods_needing(SCORERS, 'reference')}).")
+    ] = None,
+    calib: Annotated[
+        Path | None, typer.Option(help=f"Calibration file ({_methods_needing(SCORERS, 'calibration')}).")
+    ] = None,
     seed: int = 0,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Method option KEY=VALUE (repeatable).")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help=SCORE_OPTION_HELP)] = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -216,13 +244,15 @@ def prune_experts(
 @app.command("prune-unstructured")
 def prune_unstructured(
     model: ModelOpt,
-    method: Annotated[str, typer.Option(help="magnitude, wanda, sparsegpt, or none (copy).")],
+    method: Annotated[str, typer.Option(help=UNSTRUCTURED_METHOD_HELP)],
     out: OutOpt,
     sparsity: Annotated[float | None, typer.Option(help="Unstructured sparsity of the targeted weights.")] = None,
     total_sparsity: Annotated[
         float | None, typer.Option("--total-sparsity", help="Reach this total sparsity vs the base.")
     ] = None,
-    calib: Annotated[Path | None, typer.Option(help="Calibration file (wanda, sparsegpt, owl).")] = None,
+    calib: Annotated[
+        Path | None, typer.Option(help=f"Calibration file ({_methods_needing(UNSTRUCTURED, 'calibration')}, owl).")
+    ] = None,
     owl: Annotated[bool, typer.Option("--owl", help="OWL outlier-weighted per-layer sparsity.")] = False,
     nm: Annotated[str | None, typer.Option("--nm", help="N:M pattern, e.g. 2:4.")] = None,
     targets: Annotated[str, typer.Option(help="all or experts.")] = "all",
@@ -257,9 +287,7 @@ def evaluate(
     model: ModelOpt,
     task: Annotated[
         str,
-        typer.Option(
-            help="gsm8k-local:PATH, gsm8k, perplexity:PATH, imagenet:DIR, lm-eval:NAME[+NAME...] (comma-separated)."
-        ),
+        typer.Option(help=TASK_HELP),
     ],
     out: OutOpt,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N examples only.")] = None,
@@ -271,7 +299,7 @@ def evaluate(
     ] = None,
     backend: Annotated[str, typer.Option(help="lm-eval backend for lm-eval: tasks: hf or vllm.")] = "hf",
     streaming: Annotated[
-        bool, typer.Option("--streaming", help="perplexity: one decoder layer in memory at a time.")
+        bool, typer.Option("--streaming", help=f"{STREAMING_TASKS}: one decoder layer in memory at a time.")
     ] = False,
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""

@@ -23,25 +23,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from moeprune.catalog.scorers import SCORERS
+from moeprune.catalog.tasks import task_prefixes
+from moeprune.catalog.unstructured import unstructured_choices
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.lm_eval_tasks import BACKENDS as LM_EVAL_BACKENDS
 from moeprune.testbed.presets import PRESETS
 from moeprune.validation import check_fraction, parse_nm
 
-SCORE_METHODS = (
-    "router-change",
-    "router-change-diff",
-    "frequency",
-    "soft-frequency",
-    "reap",
-    "naee",
-    "stun",
-    "random",
-)
-UNSTRUCTURED_METHODS = ("magnitude", "wanda", "sparsegpt", "none")
+# The method and task names come from their registries (`moeprune.catalog`), never typed here.
+SCORE_METHODS = tuple(SCORERS.names())
+UNSTRUCTURED_METHODS = unstructured_choices()  # the methods, then "none" (copy)
 TESTBED_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
 CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
-EVALUATION_TASKS = ("gsm8k", "gsm8k-local:", "perplexity:", "imagenet:", "lm-eval:")
+EVALUATION_TASKS = task_prefixes()  # `gsm8k`, `gsm8k-local:`, ...
 OBJECTIVE_KEYS = (
     "total_sparsity",
     "expert_sparsity",

@@ -1,80 +1,34 @@
-"""The evaluation task registry: `--task` strings of `moeprune evaluate` and what runs them.
-
-    gsm8k               lm-eval's own gsm8k task (needs the data set in the local cache)
-    gsm8k-local:PATH    a GSM8K-schema JSONL through lm-eval with gsm8k's prompt and filters
-    perplexity:PATH     perplexity on plain text or JSONL (`text`, or `question` + `answer`)
-    imagenet:DIR        top-1 / top-5 on an ImageFolder tree DIR/<class>/<image>
-    lm-eval:NAME[+NAME] lm-eval's own task(s) by name; `--include-path DIR` adds the task YAMLs under DIR
+"""What runs the `--task` strings of `moeprune evaluate` (the tasks are listed in `moeprune.catalog.tasks`).
 
 Several tasks may be given at once, comma-separated (`gsm8k-local:test.jsonl,perplexity:test.jsonl`).
-A new task is one function decorated with `@register_task("name", metrics="prefix", argument="PATH")`,
-called as `fn(model_dir, argument, limit, batch_size, device, include_path=..., backend=..., streaming=...)`
-(the first two options are lm-eval's; a task registered with `streams=True` reads the model layer by layer
+A new task is declared, torch-free, in `moeprune.catalog.tasks` (metric prefix, argument, streams) and
+implemented here by one function decorated with `@register_task("name")`, called as
+`fn(model_dir, argument, limit, batch_size, device, include_path=..., backend=..., streaming=...)`
+(the first two options are lm-eval's; a task declared with `streams=True` reads the model layer by layer
 when `streaming` is set, every other task needs the whole model and refuses one above the memory budget).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moeprune.catalog import Entry
+from moeprune.catalog.tasks import TASKS, usage
 from moeprune.errors import MoepruneError
 
 Evaluator = Callable[..., dict[str, Any]]
 Checker = Callable[..., None]
+Task = Entry  # a declared task (`moeprune.catalog.tasks`): name, facts, and the attached `evaluate` / `check`
 
 
-@dataclass(frozen=True)
-class Task:
-    """One evaluation task.
-
-    Attributes:
-        name: The name before the colon (`gsm8k-local`).
-        argument: What follows the colon (`PATH`, `DIR`, `NAME`), or None for a task without one.
-        evaluate: `evaluate(model_dir, argument, limit, batch_size, device, **options) -> flat metrics`.
-        metrics: The prefix of its metric names (`gsm8k` for `gsm8k.exact_match_strict`); two tasks
-            with the same prefix cannot run together.
-        is_path: whether the argument is a path that must exist (`lm-eval:NAME` is not).
-        check: `check(argument, include_path=..., backend=...)`, run before any model is loaded.
-        streams: whether the task can read the model one decoder layer at a time (perplexity).
-    """
-
-    name: str
-    argument: str | None
-    evaluate: Evaluator
-    metrics: str
-    is_path: bool = True
-    check: Checker | None = None
-    streams: bool = False
-
-    @property
-    def usage(self) -> str:
-        return f"{self.name}:{self.argument}" if self.argument else self.name
+def register_task(name: str, part: str = "evaluate") -> Callable[[Evaluator], Evaluator]:
+    """Attach `fn` as the `evaluate` (or `check`) of the task `name` declared in `moeprune.catalog.tasks`."""
+    return TASKS.implements(name, part)
 
 
-TASKS: dict[str, Task] = {}
-
-
-def register_task(
-    name: str,
-    metrics: str,
-    argument: str | None = None,
-    is_path: bool = True,
-    check: Checker | None = None,
-    streams: bool = False,
-) -> Callable[[Evaluator], Evaluator]:
-    """Register `fn(model_dir, argument, limit, batch_size, device, **options)` as task `name`."""
-
-    def decorator(fn: Evaluator) -> Evaluator:
-        TASKS[name] = Task(name, argument, fn, metrics, is_path, check, streams)
-        return fn
-
-    return decorator
-
-
-@register_task("gsm8k", metrics="gsm8k")
+@register_task("gsm8k")
 def _gsm8k(
     model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
 ) -> dict[str, Any]:
@@ -83,7 +37,7 @@ def _gsm8k(
     return evaluate_gsm8k(model_dir, None, limit, batch_size, device=device)
 
 
-@register_task("gsm8k-local", metrics="gsm8k", argument="PATH")
+@register_task("gsm8k-local")
 def _gsm8k_local(
     model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
 ) -> dict[str, Any]:
@@ -92,7 +46,7 @@ def _gsm8k_local(
     return evaluate_gsm8k(model_dir, path, limit, batch_size, device=device)
 
 
-@register_task("perplexity", metrics="perplexity", argument="PATH", streams=True)
+@register_task("perplexity")
 def _perplexity(
     model_dir: Path,
     path: Path | None,
@@ -107,7 +61,7 @@ def _perplexity(
     return evaluate_perplexity(model_dir, path, limit, batch_size, device=device, streaming=streaming)
 
 
-@register_task("imagenet", metrics="imagenet", argument="DIR")
+@register_task("imagenet")
 def _imagenet(
     model_dir: Path, path: Path | None, limit: int | None, batch_size: int, device: str, **_: Any
 ) -> dict[str, Any]:
@@ -116,6 +70,7 @@ def _imagenet(
     return evaluate_imagenet(model_dir, path, limit, batch_size, device=device)
 
 
+@register_task("lm-eval", "check")
 def _check_lm_eval(argument: str, include_path: Path | None = None, backend: str = "hf") -> None:
     from moeprune.evaluation.lm_eval_tasks import check_backend, check_tasks, task_names
 
@@ -123,7 +78,7 @@ def _check_lm_eval(argument: str, include_path: Path | None = None, backend: str
     check_tasks(task_names(argument), include_path)
 
 
-@register_task("lm-eval", metrics="lm-eval", argument="NAME[+NAME...]", is_path=False, check=_check_lm_eval)
+@register_task("lm-eval")
 def _lm_eval(
     model_dir: Path,
     names: str,
@@ -143,7 +98,7 @@ def _lm_eval(
 
 def valid_tasks() -> str:
     """The task forms, for error messages: `gsm8k, gsm8k-local:PATH, ...`."""
-    return ", ".join(task.usage for task in TASKS.values())
+    return ", ".join(usage(task) for task in TASKS.entries())
 
 
 def parse_task(spec: str) -> tuple[Task, Path | str | None]:
@@ -154,15 +109,15 @@ def parse_task(spec: str) -> tuple[Task, Path | str | None]:
             or a path that does not exist.
     """
     name, _, argument = spec.strip().partition(":")
-    task = TASKS.get(name)
-    if task is None:
+    if name not in TASKS:
         raise MoepruneError(f"unknown evaluation task {spec!r}; valid tasks: {valid_tasks()}")
+    task = TASKS.get(name)
     if task.argument is None:
         if argument:
             raise MoepruneError(f"task {name!r} takes no argument, got {spec!r}; write it as `{name}`")
         return task, None
     if not argument:
-        raise MoepruneError(f"task {name!r} needs a {task.argument}; write it as `{task.usage}`")
+        raise MoepruneError(f"task {name!r} needs a {task.argument}; write it as `{usage(task)}`")
     if not task.is_path:
         return task, argument
     path = Path(argument)
@@ -191,8 +146,9 @@ def check_tasks(specs: str, **options: Any) -> list[tuple[Task, Path | str | Non
     """`parse_tasks`, then each task's own check (lm-eval: backend and task names) with `options`."""
     parsed = parse_tasks(specs)
     for task, argument in parsed:
-        if task.check is not None:
-            task.check(argument, **options)
+        check = task.parts.get("check")
+        if check is not None:
+            check(argument, **options)
     return parsed
 
 

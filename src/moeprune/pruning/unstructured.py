@@ -1,7 +1,8 @@
 """Unstructured pruning: input statistics, the method registry, and the total-sparsity rate.
 
-The math lives in `masks.py` (magnitude, Wanda, N:M, OWL) and `sparsegpt.py`; this module gives the
-layer-by-layer runner one entry point per method (docs/algorithms.md, "Unstructured pruning"):
+The math lives in `masks.py` (magnitude, Wanda, N:M, OWL) and `sparsegpt.py`; the methods are declared,
+torch-free, in `moeprune.catalog.unstructured` (needs, facts); this module attaches one entry point per
+method (`prune_`) for the layer-by-layer runner (docs/algorithms.md, "Unstructured pruning"):
 
     stats = InputStats(in_features, need_hessian=method.needs_hessian)
     stats.add(x_routed_to_this_expert)                     # once per calibration batch
@@ -15,12 +16,13 @@ keep-mask. Wanda and SparseGPT fall back to magnitude when the matrix saw no cal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from moeprune.catalog import Entry
+from moeprune.catalog.unstructured import UNSTRUCTURED
 from moeprune.errors import MoepruneError
 from moeprune.pruning.masks import (
     apply_mask_,
@@ -114,48 +116,16 @@ class PruneFn(Protocol):
     ) -> Tensor: ...
 
 
-@dataclass(frozen=True)
-class UnstructuredMethod:
-    """One registered unstructured pruning method.
-
-    Attributes:
-        name: registry key (the `--method` value).
-        prune_: the in-place pruning function.
-        needs_inputs: whether the runner must collect calibration inputs (`InputStats`).
-        needs_hessian: whether `InputStats(..., need_hessian=True)` is required.
-    """
-
-    name: str
-    prune_: PruneFn
-    needs_inputs: bool
-    needs_hessian: bool
-
-
-class MethodRegistry(dict[str, UnstructuredMethod]):
-    """Name -> method; a missing name raises a MoepruneError that lists the valid names."""
-
-    def register(self, name: str, needs_inputs: bool, needs_hessian: bool = False) -> Callable[[PruneFn], PruneFn]:
-        """Decorator registering a prune function under `name`."""
-
-        def decorator(fn: PruneFn) -> PruneFn:
-            if name in self:
-                raise ValueError(f"unstructured method {name!r} is registered twice")
-            self[name] = UnstructuredMethod(name, fn, needs_inputs, needs_hessian)
-            return fn
-
-        return decorator
-
-    def __missing__(self, name: str) -> UnstructuredMethod:
-        raise MoepruneError(f"unknown unstructured method {name!r}; choose one of: {', '.join(sorted(self))}")
-
-
-UNSTRUCTURED_METHODS = MethodRegistry()
+UnstructuredMethod = Entry
+"""A registered method (`moeprune.catalog.unstructured`): `name`, `needs_inputs`, `needs_hessian`, `prune_`."""
+UNSTRUCTURED_METHODS = UNSTRUCTURED  # name -> method; a missing name raises a MoepruneError listing the valid ones
+_SPARSEGPT = UNSTRUCTURED.get("sparsegpt")
 ROW_BLOCK_ELEMENTS = 1 << 22  # weights scored at once by the per-row methods (16 MB of float32 scores)
 
 
 def get_unstructured_method(name: str) -> UnstructuredMethod:
     """Look up a method by name; an unknown name raises a MoepruneError listing the valid ones."""
-    return UNSTRUCTURED_METHODS[name]
+    return UNSTRUCTURED_METHODS.get(name)
 
 
 def _prune_rows_(weight: Tensor, row_mask: Callable[[Tensor], Tensor]) -> Tensor:
@@ -174,7 +144,7 @@ def _prune_rows_(weight: Tensor, row_mask: Callable[[Tensor], Tensor]) -> Tensor
     return torch.cat(masks) if len(masks) > 1 else masks[0]
 
 
-@UNSTRUCTURED_METHODS.register("magnitude", needs_inputs=False)
+@UNSTRUCTURED_METHODS.implements("magnitude", "prune_")
 def prune_magnitude_(
     weight: Tensor, stats: InputStats | None, sparsity: float, nm: tuple[int, int] | None = None
 ) -> Tensor:
@@ -185,7 +155,7 @@ def prune_magnitude_(
     return _prune_rows_(weight, lambda rows: nm_mask(rows.detach().abs().float(), *nm))
 
 
-@UNSTRUCTURED_METHODS.register("wanda", needs_inputs=True)
+@UNSTRUCTURED_METHODS.implements("wanda", "prune_")
 def prune_wanda_(
     weight: Tensor, stats: InputStats | None, sparsity: float, nm: tuple[int, int] | None = None
 ) -> Tensor:
@@ -198,14 +168,14 @@ def prune_wanda_(
     return _prune_rows_(weight, lambda rows: nm_mask(wanda_scores(rows, stats.sum_sq), *nm))
 
 
-@UNSTRUCTURED_METHODS.register("sparsegpt", needs_inputs=True, needs_hessian=True)
+@UNSTRUCTURED_METHODS.implements("sparsegpt", "prune_")
 def prune_sparsegpt_(
     weight: Tensor,
     stats: InputStats | None,
     sparsity: float,
     nm: tuple[int, int] | None = None,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
+    blocksize: int = _SPARSEGPT.default("blocksize"),
+    percdamp: float = _SPARSEGPT.default("percdamp"),
 ) -> Tensor:
     """SparseGPT with OBS updates (exact per-row count); magnitude when no token reached `weight`."""
     check_sparsity(sparsity)

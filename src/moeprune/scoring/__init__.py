@@ -2,72 +2,45 @@
 
     from moeprune.scoring import SCORERS, ScoringContext
     scorer = SCORERS.get("reap")            # MoepruneError listing the valid names if unknown
-    layers = scorer(ScoringContext(model, adapter, expert_sparsity=0.5, profile=profile))
+    layers = scorer(ScoringContext(model, adapter, expert_sparsity=0.5, profile=profile, method="reap"))
     layers[3].scores, layers[3].keep        # per expert (higher = keep), sorted kept indices
 
-A method is a function `score(ctx: ScoringContext) -> dict[layer index, LayerScores]` registered with
-`@SCORERS.register("name", needs=(...))`; `needs` names the inputs the stage must supply
-("profile", "reference", "calibration"), so a missing one fails before the model is loaded.
+A method is declared, torch-free, in `moeprune.catalog.scorers` (name, `needs`, options with types and
+defaults, facts) and implemented here by a function `score(ctx: ScoringContext) -> dict[layer index,
+LayerScores]` attached with `@SCORERS.implements("name")`. `needs` names the inputs the stage must supply
+("profile", "reference", "calibration"), so a missing one fails before the model is loaded; the function
+reads its options with `ctx.option(name)`, which falls back to the declared default.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from moeprune.errors import MoepruneError
+from moeprune.catalog import Entry
+from moeprune.catalog.scorers import INPUTS, SCORERS
 from moeprune.scoring.base import LayerScores, ScoringContext, keep_count, select_keep
 
 ScoreFn = Callable[[ScoringContext], dict[int, LayerScores]]
-INPUTS = ("profile", "reference", "calibration")
+Scorer = Entry  # a registered scoring method: name, needs, options, facts and the attached function
 
 
-@dataclass(frozen=True)
-class Scorer:
-    """A registered method: its name, what it needs, and the function."""
+def implements(name: str) -> Callable[[ScoreFn], ScoreFn]:
+    """Attach `fn` to the declared scoring method `name`; the context it gets knows its method (`ctx.option`)."""
 
-    name: str
-    fn: ScoreFn
-    needs: tuple[str, ...] = ()
+    def decorator(fn: ScoreFn) -> ScoreFn:
+        @functools.wraps(fn)
+        def run(ctx: ScoringContext) -> dict[int, LayerScores]:
+            ctx.method = name
+            return fn(ctx)
 
-    def __call__(self, ctx: ScoringContext) -> dict[int, LayerScores]:
-        return self.fn(ctx)
+        SCORERS.implements(name)(run)
+        return fn
 
-
-class Registry:
-    """Name -> Scorer; `register` is a decorator, `get` fails with the list of valid names."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, Scorer] = {}
-
-    def register(self, name: str, needs: tuple[str, ...] = ()) -> Callable[[ScoreFn], ScoreFn]:
-        unknown = set(needs) - set(INPUTS)
-        if unknown:
-            raise ValueError(f"unknown inputs {sorted(unknown)} for scorer {name!r}; valid: {INPUTS}")
-
-        def decorator(fn: ScoreFn) -> ScoreFn:
-            if name in self._entries:
-                raise ValueError(f"scorer {name!r} is registered twice")
-            self._entries[name] = Scorer(name, fn, tuple(needs))
-            return fn
-
-        return decorator
-
-    def get(self, name: str) -> Scorer:
-        if name not in self._entries:
-            raise MoepruneError(f"unknown scoring method '{name}'; valid methods: {', '.join(self.names())}")
-        return self._entries[name]
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
+    return decorator
 
 
-SCORERS = Registry()
-
-# Importing the method modules registers them.
+# Importing the method modules attaches their implementations.
 from moeprune.scoring import frequency, naee, random_scores, reap, router_change, stun  # noqa: E402,F401
 
-__all__ = ["SCORERS", "LayerScores", "Registry", "Scorer", "ScoringContext", "keep_count", "select_keep"]
+__all__ = ["INPUTS", "SCORERS", "implements", "LayerScores", "Scorer", "ScoringContext", "keep_count", "select_keep"]

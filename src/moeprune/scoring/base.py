@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from moeprune.arch import MoEAdapter, MoELayer
+from moeprune.catalog.scorers import SCORERS
 from moeprune.checkpoint.source import ModelSource, as_source
 from moeprune.errors import MoepruneError
 from moeprune.profiling import Profile
@@ -52,6 +53,7 @@ class ScoringContext:
         forward_passes: calibration forward passes the method spent (methods add to it).
         extra: method-specific facts for the scores file (e.g. stun per-layer counts).
         source: where the weights come from (default: `model` as loaded).
+        method: the scoring method running (set when the registry calls it; `option` reads its declaration).
     """
 
     model: nn.Module
@@ -65,6 +67,7 @@ class ScoringContext:
     forward_passes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     source: ModelSource | None = None
+    method: str | None = None
 
     def __post_init__(self) -> None:
         check_sparsity(self.expert_sparsity)
@@ -113,8 +116,14 @@ class ScoringContext:
             raise MoepruneError(f"method '{method}' needs calibration data; pass --calib F (from `moeprune calibrate`)")
         return self.batches
 
-    def option(self, name: str, default: Any) -> Any:
-        """A method option, `default` when not given."""
+    def option(self, name: str) -> Any:
+        """A method option, its declared default (`moeprune.catalog.scorers`) when not given.
+
+        Reading an option the running method does not declare is a programming error (KeyError).
+        """
+        if self.method is None:
+            raise RuntimeError("ScoringContext.option is read outside a registered scoring method")
+        default = SCORERS.get(self.method).default(name)
         return self.options.get(name, default)
 
 

@@ -10,17 +10,17 @@ Prune the lowest. No forward pass beyond the profiling pass.
 
 from __future__ import annotations
 
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext, profile_stat, ranked_layer_scores
 
 
-@SCORERS.register("frequency", needs=("profile",))
+@implements("frequency")
 def score_frequency(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep the experts chosen for the most calibration tokens."""
     return ranked_layer_scores(ctx, profile_stat(ctx, "frequency", "frequency"))
 
 
-@SCORERS.register("soft-frequency", needs=("profile",))
+@implements("soft-frequency")
 def score_soft_frequency(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep the experts with the largest summed gate weight over the calibration tokens."""
     return ranked_layer_scores(ctx, profile_stat(ctx, "soft-frequency", "soft_frequency"))

@@ -39,10 +39,9 @@ from torch import Tensor, nn
 from moeprune import layerwise
 from moeprune.arch import MoELayer
 from moeprune.errors import MoepruneError
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext
 
-MAX_COMBINATIONS = 5000
 CHUNK_ELEMENTS = 1 << 24  # float64 elements of one chunk of all-expert outputs [E, t, H] (128 MiB)
 _COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
 _TOP_K_ATTRS = ("top_k", "num_experts_per_tok")
@@ -198,7 +197,7 @@ def expert_scores(num_experts: int, candidates: list[tuple[int, ...]], losses: T
 
 
 def _plan(ctx: ScoringContext) -> dict[int, list[range]]:
-    limit = int(ctx.option("max_combinations", MAX_COMBINATIONS))
+    limit = int(ctx.option("max_combinations"))
     plans = {}
     for layer in ctx.adapter.layers:
         ranges = ctx.group_ranges(layer)
@@ -214,7 +213,7 @@ def _plan(ctx: ScoringContext) -> dict[int, list[range]]:
     return plans
 
 
-@SCORERS.register("naee", needs=("calibration",))
+@implements("naee")
 def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep, in every layer, the keep-set whose block output is closest to the unpruned one.
 
@@ -242,7 +241,7 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
         result[index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
         details[str(index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
 
-    progressive = bool(ctx.option("progressive", False))
+    progressive = bool(ctx.option("progressive"))
     source = ctx.source
     restriction = contextlib.ExitStack()
 

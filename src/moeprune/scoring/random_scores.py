@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext, ranked_layer_scores
 
 
-@SCORERS.register("random")
+@implements("random")
 def score_random(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Uniform random scores per expert, reproducible for `ctx.seed`."""
     generator = torch.Generator().manual_seed(int(ctx.seed))

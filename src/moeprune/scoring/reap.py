@@ -10,11 +10,11 @@ lowest. Reported: Qwen3-30B-A3B keeps 98.9% of GSM8K at 25% and about 99.8% at 5
 
 from __future__ import annotations
 
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext, profile_stat, ranked_layer_scores
 
 
-@SCORERS.register("reap", needs=("profile",))
+@implements("reap")
 def score_reap(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep the experts whose gate-weighted output norm is largest on the tokens they receive."""
     return ranked_layer_scores(ctx, profile_stat(ctx, "reap", "reap"))

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from moeprune.arch import MoEAdapter
 from moeprune.errors import MoepruneError
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext, ranked_layer_scores, router_modules
 
 
@@ -73,13 +73,13 @@ def _router_scores(ctx: ScoringContext, method: str, formula) -> dict[int, Layer
     return ranked_layer_scores(ctx, scores)
 
 
-@SCORERS.register("router-change", needs=("reference",))
+@implements("router-change")
 def score_router_change(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep the experts whose router row norm grew most during fine-tuning."""
     return _router_scores(ctx, "router-change", router_norm_change)
 
 
-@SCORERS.register("router-change-diff", needs=("reference",))
+@implements("router-change-diff")
 def score_router_change_diff(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Keep the experts whose router row moved furthest during fine-tuning."""
     return _router_scores(ctx, "router-change-diff", router_row_distance)

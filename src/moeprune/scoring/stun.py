@@ -29,11 +29,10 @@ from torch import Tensor
 
 from moeprune.arch import MoELayer
 from moeprune.errors import MoepruneError
-from moeprune.scoring import SCORERS
+from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext, router_modules
 
 BISECTION_STEPS = 100
-KAPPA = 3  # selective reconstruction merges clusters smaller than this
 COLUMN_BLOCK = 1 << 20  # columns of the stacked expert tensors read at once (8 MB per member in float64)
 
 
@@ -122,17 +121,17 @@ def _layer_result(ctx: ScoringContext, layer: MoELayer, clusters: list[list[int]
 
 def _kappa(ctx: ScoringContext) -> int:
     """Clusters smaller than this are reconstructed by averaging (0: selective reconstruction off)."""
-    if not ctx.option("reconstruct", False):
+    if not ctx.option("reconstruct"):
         return 0
-    kappa = int(ctx.option("kappa", KAPPA))
+    kappa = int(ctx.option("kappa"))
     if kappa < 2:
         raise MoepruneError(f"stun option kappa={kappa} must be at least 2 (clusters of 2..kappa-1 are merged)")
     return kappa
 
 
 def _distances(ctx: ScoringContext) -> dict[int, Tensor]:
-    lambda1 = float(ctx.option("lambda1", 1.0))
-    lambda2 = float(ctx.option("lambda2", 0.0))
+    lambda1 = float(ctx.option("lambda1"))
+    lambda2 = float(ctx.option("lambda2"))
     profile = ctx.require_profile("stun with lambda2 > 0") if lambda2 else None
     return {
         layer.index: behaviour_distance(
@@ -209,12 +208,12 @@ def _global(ctx: ScoringContext, distances: dict[int, Tensor]) -> dict[int, Laye
     return result
 
 
-@SCORERS.register("stun")
+@implements("stun")
 def score_stun(ctx: ScoringContext) -> dict[int, LayerScores]:
     """Cluster experts by router-row (and co-activation) distance; keep one representative per cluster."""
     with ctx.source.materialized(router_modules(ctx.adapter)):
         distances = _distances(ctx)
-    if ctx.option("global_budget", False):
+    if ctx.option("global_budget"):
         return _global(ctx, distances)
     ctx.extra["stun"] = {"mode": "uniform"}
     result = _uniform(ctx, distances)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.arch import validate_keep_sets, weights_sha256
+from moeprune.catalog.scorers import CALIBRATION_BATCH_SIZE, run_needs
 from moeprune.checkpoint.shards import check_safetensors
 from moeprune.checkpoint.source import open_model
 from moeprune.data.calibration import calibration_batches
@@ -31,7 +32,6 @@ from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
 from moeprune.scoring.scores_file import layer_record, write_scores
 
-CALIB_BATCH_SIZE = 8
 _NEED_FLAGS = {
     "profile": "--profile DIR (from `moeprune profile`)",
     "reference": "--reference DIR (the pretrained checkpoint the model was fine-tuned from)",
@@ -39,29 +39,27 @@ _NEED_FLAGS = {
 }
 
 
-def coerce_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Method options with CLI strings turned into bools and numbers ("true" -> True, "0.5" -> 0.5)."""
-    coerced = {}
-    for key, value in (options or {}).items():
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in ("true", "false"):
-                value = lowered == "true"
-            else:
-                for cast in (int, float):
-                    try:
-                        value = cast(value)
-                        break
-                    except ValueError:
-                        continue
-        coerced[key.replace("-", "_")] = value
-    return coerced
+def parse_options(scorer: Scorer, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The user's method options checked against the method's declaration and typed ("true" -> True, "100" -> 100).
+
+    Raises:
+        MoepruneError: one line for an unknown option (naming the valid ones) or a value of the wrong type.
+    """
+    if "streaming" in (options or {}):
+        raise MoepruneError("score always reads one layer at a time (the streaming option is gone); drop it")
+    return scorer.parse_options(options, owner=f"method '{scorer.name}'")
 
 
-def _check_inputs(scorer: Scorer, supplied: dict[str, Path | None]) -> None:
-    for need in scorer.needs:
+def _batch_size(scorer: Scorer, options: dict[str, Any]) -> int:
+    """Calibration samples per batch: the method's `batch_size` option where it declares one."""
+    return {"batch_size": CALIBRATION_BATCH_SIZE, **scorer.defaults(), **options}["batch_size"]
+
+
+def _check_inputs(scorer: Scorer, supplied: dict[str, Path | None], options: dict[str, Any]) -> None:
+    for need in run_needs(scorer, options):
         if supplied[need] is None:
-            raise MoepruneError(f"method '{scorer.name}' needs {_NEED_FLAGS[need]}")
+            when = f" with {scorer.needs_when[need]} set" if need not in scorer.needs else ""
+            raise MoepruneError(f"method '{scorer.name}'{when} needs {_NEED_FLAGS[need]}")
 
 
 def _load_checked_profile(profile: Path, model_sha: str) -> Profile:
@@ -89,9 +87,10 @@ def _notes(ctx: ScoringContext, layers: dict) -> list[str]:
     return notes
 
 
-def _check_keep_sets(ctx: ScoringContext, layers: dict) -> None:
-    if ctx.extra.get("stun", {}).get("mode") == "global":
-        return  # per-layer counts by design; recorded in the file
+def _check_keep_sets(scorer: Scorer, ctx: ScoringContext, layers: dict) -> None:
+    varying = scorer.per_layer_counts
+    if varying and {**scorer.defaults(), **ctx.options}.get(varying):
+        return  # per-layer counts by design (stun's global_budget); recorded in the file
     validate_keep_sets(ctx.adapter, {index: entry.keep for index, entry in layers.items()})
 
 
@@ -117,10 +116,8 @@ def run(
     out = claim_output(out, "score", inputs=[model, profile, reference, calib], overwrite=overwrite)
     check_sparsity(expert_sparsity)
     scorer = SCORERS.get(method)
-    _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib})
-    options = coerce_options(options)
-    if "streaming" in options:
-        raise MoepruneError("score always reads one layer at a time (the streaming option is gone); drop it")
+    options = parse_options(scorer, options)
+    _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib}, options)
     torch_device = resolve_device(device)
     source = open_model(model, streaming=True, device=torch_device)
     adapter = source.adapter
@@ -136,12 +133,12 @@ def run(
         expert_sparsity=float(expert_sparsity),
         profile=_load_checked_profile(profile, model_sha) if profile is not None else None,
         reference=reference_source,
-        batches=calibration_batches(calib, int(options.get("batch_size", CALIB_BATCH_SIZE))) if calib else None,
+        batches=calibration_batches(calib, _batch_size(scorer, options)) if calib else None,
         seed=int(seed),
         options=options,
     )
     layers = scorer(ctx)
-    _check_keep_sets(ctx, layers)
+    _check_keep_sets(scorer, ctx, layers)
     counts = sorted({len(entry.keep) for entry in layers.values()})
     record = {
         "method": method,
