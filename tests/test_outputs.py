@@ -52,7 +52,7 @@ def test_overwrite_replaces_what_moeprune_did_not_write(model, tmp_path):
     assert _prune(model, _scores(tmp_path / "s.json", [0, 1, 2, 3]), out).exit_code == 1
     assert (out / "notes.txt").read_text() == "mine"
     assert _prune(model, tmp_path / "s.json", out, "--overwrite").exit_code == 0
-    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors.index.json").is_file()
 
 
 def test_force_applies_scores_of_other_weights_and_the_lineage_records_the_real_sparsity(model, tmp_path):
