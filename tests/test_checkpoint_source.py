@@ -20,9 +20,11 @@ from moeprune.errors import MoepruneError
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import prune_unstructured
 from moeprune.stages import score as score_stage
-from moeprune.testing import tiny_moe_model
+from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
 
 FAMILIES = ("mixtral", "deepseek_v3")
+# Families whose tiny config does not list per-layer facts, so a deeper model is one override away.
+_DEPTH_FREE = {"mixtral", "qwen3_moe", "olmoe", "phimoe", "granitemoe", "granitemoeshared"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -171,9 +173,6 @@ def test_errors(saved, tmp_path):
     streamed = StreamedSource(broken)
     with pytest.raises(MoepruneError, match="lacks weights of layer 1"), streamed.block(1):
         pass
-    model.config.layer_types = ["full_attention", "sliding_attention"]
-    with pytest.raises(MoepruneError, match="mixes attention types"):
-        layerwise.check_shared_block_inputs(model)
 
 
 def test_in_place_stacking_equals_transformers_operations():
@@ -204,3 +203,59 @@ def test_counts_and_base_stats_match_a_loaded_model(saved):
         assert streamed.targeted_weights(targets) == memory.targeted_weights(targets)
         assert streamed.nonzero_weights(targets) == memory.nonzero_weights(targets)
     assert streamed.base_stats() == memory.base_stats()
+
+
+def _layerwise_logits(source, batches):
+    """Logits from `layerwise.run`'s last hidden states, put through the model's own final norm and head."""
+    final = layerwise.run(source, batches, lambda *_: None)
+    with layerwise.layers_replaced(source.adapter.decoder_layers) as stand_ins, torch.no_grad():
+        for batch, hidden in zip(batches, final, strict=True):
+            stand_ins[-1].output = hidden
+            yield source.model(**layerwise.model_inputs(batch, source.model)).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES_WITH_TINY_MODELS)
+def test_layer_by_layer_equals_the_whole_forward(family):
+    """Every block gets its own arguments (sliding / full / linear-attention masks): the model's own output."""
+    model = tiny_moe_model(family, num_hidden_layers=4) if family in _DEPTH_FREE else tiny_moe_model(family)
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(3, 128, (2, 24), generator=generator)} for _ in range(2)]
+    with torch.no_grad():
+        expected = [model(**layerwise.model_inputs(batch, model)).logits for batch in batches]
+    for got, want in zip(_layerwise_logits(InMemorySource(model), batches), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_of_one_kind_share_their_captured_arguments():
+    model = tiny_moe_model("mixtral", num_hidden_layers=4)
+    batches = [{"input_ids": torch.randint(3, 128, (2, 8))} for _ in range(2)]
+    captured = InMemorySource(model).capture(batches)
+    assert sorted(captured.kwargs) == [0, 1, 2, 3] and len(captured.hidden) == 2
+    for batch in range(2):
+        assert all(captured.kwargs[i][batch] is captured.kwargs[0][batch] for i in range(4))
+    assert captured.kwargs[0][0] is not captured.kwargs[0][1]
+    assert list(model.model.layers) == list(model.model.layers)  # the real layers are back
+    assert all(type(layer).__name__ == "MixtralDecoderLayer" for layer in model.model.layers)
+
+
+def test_a_streamed_skeleton_captures_what_the_loaded_model_does(saved):
+    root, calib = saved
+    batches = [{"input_ids": load_file(str(calib))["input_ids"][:3]}]
+    streamed = StreamedSource(root / "model").capture(batches)
+    loaded = InMemorySource(load_model(root / "model")).capture(batches)
+    assert sorted(streamed.kwargs) == sorted(loaded.kwargs)
+    assert torch.equal(streamed.hidden[0], loaded.hidden[0])
+    for index, per_batch in loaded.kwargs.items():
+        for name, value in per_batch[0].items():
+            other = streamed.kwargs[index][0][name]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other), (index, name)
+            elif isinstance(value, tuple):
+                assert all(torch.equal(a, b) for a, b in zip(value, other, strict=True)), (index, name)
+
+
+def test_layers_that_read_another_layers_outputs_are_refused_in_one_line():
+    model = tiny_moe_model("mixtral")
+    model.config.indexer_types = ["full", "shared"]
+    with pytest.raises(MoepruneError, match="^this model's 'shared' indexer layers reuse"):
+        layerwise.run(InMemorySource(model), [{"input_ids": torch.tensor([[3, 4]])}], lambda *_: None)

@@ -1,9 +1,12 @@
 """The one layer loop: push calibration hidden states through the decoder one block at a time.
 
-As in wanda's `prune.py` and llm-compressor's sequential pipeline: capture the inputs of block 0
+As in wanda's `prune.py` and llm-compressor's sequential pipeline: capture the inputs of the blocks
 once, then for each block let a callback observe / modify it, and run the block to produce the
-inputs of the next one. Only one block's activations are live at a time, and a callback that
-prunes a block before its outputs are computed passes the pruned outputs on (errors do not hide).
+hidden states of the next one. Each block gets its own keyword arguments (its attention mask:
+sliding or full, linear-attention or mamba layers' own; position embeddings), recorded from one run
+of the model's own forward with every decoder layer a pass-through (`capture_block_inputs`).
+Only one block's activations are live at a time, and a callback that prunes a block before its
+outputs are computed passes the pruned outputs on (errors do not hide).
 
 The blocks come from a `moeprune.checkpoint.ModelSource` (a loaded model, or one decoder layer read
 from the safetensors shards at a time and released after use); the loop is the same:
@@ -14,8 +17,12 @@ from the safetensors shards at a time and released after use); the loop is the s
 
 from __future__ import annotations
 
+import ast
 import contextlib
-from collections.abc import Callable, Iterable
+import functools
+import inspect
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +35,7 @@ from moeprune.errors import MoepruneError
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded."""
+    """Raised by the last stand-in once every decoder layer's inputs are recorded (the head never runs)."""
 
 
 @dataclass
@@ -50,6 +57,33 @@ class BlockInputs:
         return sum(h.shape[0] * h.shape[1] if h.dim() == 3 else h.shape[0] for h in self.hidden)
 
 
+@dataclass
+class CapturedInputs:
+    """What the model's own forward hands every decoder layer, per batch: `BlockInputs` for each block.
+
+    Attributes:
+        hidden: per batch, block 0's hidden states.
+        args: per layer index, per batch, the positional arguments after the hidden states.
+        kwargs: per layer index, per batch, the keyword arguments (that layer's mask, position embeddings, ...).
+
+    Layers given the same objects (most layers of one attention type get the same mask and rotary
+    tensors) share one tuple and one dict, so memory does not grow with depth.
+    """
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    args: dict[int, list[tuple]] = field(default_factory=dict)
+    kwargs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def block(self, index: int, hidden: list[torch.Tensor]) -> BlockInputs:
+        """Block `index`'s inputs, with `hidden` (the previous block's outputs) as its hidden states."""
+        if index not in self.kwargs:
+            raise MoepruneError(
+                f"the model's forward did not call decoder layer {index}; layer-by-layer processing needs "
+                "every layer of its layer list to run"
+            )
+        return BlockInputs(hidden, self.args[index], self.kwargs[index])
+
+
 def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
     """Keyword arguments of a forward pass for one calibration batch (tokens or images)."""
     device = next(p.device for p in model.parameters() if not p.is_meta)  # streaming skeletons: the embeddings
@@ -65,28 +99,110 @@ def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return inputs
 
 
+class Passthrough(nn.Module):
+    """Stands in for decoder layer `index`: reports what it is called with, returns its input (or `output`).
+
+    Masks and rotary embeddings do not depend on the hidden states, so a model whose layers all pass
+    their input through still hands every layer the arguments it gets in a real forward.
+    """
+
+    def __init__(self, layer: nn.Module, index: int, on_call: Callable[[int, tuple, dict], None] | None = None):
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its (meta) weights stay out of the way
+        object.__setattr__(self, "_on_call", on_call)
+        self.index = index
+        self.output: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:  # attention_type, block_type and other flags the model's loop reads
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        on_call = object.__getattribute__(self, "_on_call")
+        if on_call is not None:
+            on_call(self.index, args, kwargs)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = hidden if self.output is None else self.output
+        arity = _output_arity(type(object.__getattribute__(self, "_layer")))
+        return hidden if arity == 0 else (hidden, *[None] * (arity - 1))
+
+
+@functools.cache
+def _output_arity(layer_class: type) -> int:
+    """How many values a decoder layer returns: 0 for a bare tensor, n for `return a, b, ...` (read off its source).
+
+    Layers such as GLM-MoE-DSA's return `(hidden_states, topk_indices)` and the model's loop unpacks them;
+    the stand-in returns the hidden states and None for the rest. (Return annotations are not reliable:
+    some say `tuple[...]` and return a tensor.)
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(layer_class.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return 0
+    returns = [node for node in ast.walk(tree) if isinstance(node, ast.Return) and node.value is not None]
+    last = max(returns, key=lambda node: node.lineno, default=None)
+    return len(last.value.elts) if last is not None and isinstance(last.value, ast.Tuple) else 0
+
+
+@contextlib.contextmanager
+def layers_replaced(
+    layers: nn.ModuleList, on_call: Callable[[int, tuple, dict], None] | None = None
+) -> Iterator[list[Passthrough]]:
+    """Every decoder layer of `layers` replaced by a `Passthrough` inside the `with` block (restored after)."""
+    originals = list(layers)
+    stand_ins = [Passthrough(layer, index, on_call) for index, layer in enumerate(originals)]
+    for index, stand_in in enumerate(stand_ins):
+        layers[index] = stand_in
+    try:
+        yield stand_ins
+    finally:
+        for index, layer in enumerate(originals):
+            layers[index] = layer
+
+
+class _Deduplicated:
+    """Hands out one stored tuple / dict per distinct set of argument objects (compared by identity)."""
+
+    def __init__(self):
+        self.seen: dict[tuple, Any] = {}
+
+    def get(self, value: tuple | dict) -> Any:
+        items = tuple(value.items()) if isinstance(value, dict) else tuple(enumerate(value))
+        key = (type(value), tuple((name, id(item)) for name, item in items))
+        # Every stored value keeps its objects alive, so an id in a key cannot be reused by another object.
+        return self.seen.setdefault(key, value)
+
+
 def capture_block_inputs(
     model: nn.Module, adapter: MoEAdapter, batches: Iterable[dict[str, torch.Tensor]]
-) -> BlockInputs:
-    """Run the model up to block 0 for every batch and keep what block 0 receives."""
-    captured = BlockInputs()
+) -> CapturedInputs:
+    """Run the model's own forward once per batch with every decoder layer a pass-through; keep what each receives.
 
-    def hook(_module, args, kwargs):
-        captured.hidden.append(args[0].detach() if args else kwargs.pop("hidden_states").detach())
-        captured.args.append(tuple(args[1:]))
-        captured.kwargs.append(dict(kwargs))
-        raise _StopForward
+    The last layer's stand-in stops the forward, so the final norm and the head never run.
+    """
+    captured = CapturedInputs()
+    layers = adapter.decoder_layers
+    last = len(layers) - 1
+    args_seen, kwargs_seen = _Deduplicated(), _Deduplicated()
 
-    handle = adapter.decoder_layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    model(**model_inputs(batch, model))
-                except _StopForward:
-                    pass
-    finally:
-        handle.remove()
+    def record(index: int, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        if index == 0:
+            captured.hidden.append(hidden.detach())
+        captured.args.setdefault(index, []).append(args_seen.get(tuple(args[1:])))
+        captured.kwargs.setdefault(index, []).append(kwargs_seen.get(kwargs))
+        if index == last:
+            raise _StopForward
+
+    with layers_replaced(layers, record), torch.no_grad():
+        for batch in batches:
+            try:
+                model(**model_inputs(batch, model))
+            except _StopForward:
+                pass
     return captured
 
 
@@ -116,8 +232,8 @@ class BlockSource(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> BlockInputs:
-        """What block 0 receives for every batch."""
+    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> CapturedInputs:
+        """What every decoder block receives for every batch (`capture_block_inputs`)."""
         ...
 
     def block(self, index: int) -> contextlib.AbstractContextManager[nn.Module]:
@@ -125,13 +241,14 @@ class BlockSource(Protocol):
         ...
 
 
-def check_shared_block_inputs(model: nn.Module) -> None:
-    """Refuse models whose blocks get different masks (mixed sliding / full attention): block 0's do not fit all."""
-    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or []
-    if len(set(layer_types)) > 1:
+def check_independent_layers(model: nn.Module) -> None:
+    """Refuse models whose layers read another layer's outputs (shared sparse-attention indexers)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    if "shared" in (getattr(config, "indexer_types", None) or []):
         raise MoepruneError(
-            f"this model mixes attention types per layer ({sorted(set(layer_types))}); layer-by-layer processing "
-            "reuses block 0's attention mask for every block, so disable sliding-window attention in config.json"
+            "this model's 'shared' indexer layers reuse an earlier layer's top-k indices, which "
+            "layer-by-layer processing does not pass on; set every indexer_types entry to 'full' in config.json"
         )
 
 
@@ -151,12 +268,14 @@ def run(
     Returns:
         The outputs of the last block for every batch.
     """
-    check_shared_block_inputs(source.model)
-    inputs = source.capture(batches)
+    check_independent_layers(source.model)
+    captured = source.capture(batches)
+    hidden = captured.hidden
     for index in tqdm(range(source.num_blocks), desc=description, unit="layer", disable=None):
+        inputs = captured.block(index, hidden)
         with source.block(index) as block:
             on_block(index, block, inputs)
-            inputs.hidden = run_block(block, inputs)
+            hidden = run_block(block, inputs)
             if on_done is not None:
                 on_done(index, block)
-    return inputs.hidden
+    return hidden

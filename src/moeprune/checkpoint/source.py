@@ -86,7 +86,7 @@ class InMemorySource:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> layerwise.BlockInputs:
+    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> layerwise.CapturedInputs:
         return layerwise.capture_block_inputs(self.model, self.adapter, batches)
 
     @contextlib.contextmanager

@@ -34,7 +34,7 @@ from moeprune.checkpoint.key_conversion import KeyConversion
 from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.writer import ShardWriter
 from moeprune.errors import MoepruneError
-from moeprune.layerwise import BlockInputs, capture_block_inputs
+from moeprune.layerwise import CapturedInputs, capture_block_inputs, layers_replaced
 
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # oneDNN (torch's CPU bf16 matmuls) and torch's ideep layer each cache a compiled primitive per new
@@ -197,8 +197,8 @@ class StreamedSource:
             for name in [*loaded, *self.tied]:
                 _set_tensor(self.model, name, torch.empty_like(state[name], device="meta"))
 
-    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> BlockInputs:
-        """Block 0's inputs: the skeleton's own forward (embeddings, rotary, mask) up to block 0."""
+    def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> CapturedInputs:
+        """Every block's inputs: the skeleton's own forward (embeddings, rotary, masks), layers passed through."""
         with self.outside_layers():
             return capture_block_inputs(self.model, self.adapter, batches)
 
@@ -266,9 +266,9 @@ class StreamedSource:
         if not batches:
             return
         final = layerwise.run(self, batches, lambda *_: None, description=f"{description} (streaming)")
-        with self.outside_layers() as model, _layers_replaced(self.adapter.decoder_layers, final) as inject:
+        with self.outside_layers() as model, layers_replaced(self.adapter.decoder_layers) as stand_ins:
             for batch, hidden in zip(batches, final, strict=True):
-                inject(hidden)
+                stand_ins[-1].output = hidden
                 with torch.no_grad():
                     yield model(**layerwise.model_inputs(batch, model)).logits
 
@@ -309,39 +309,3 @@ class StreamedSource:
     def writer(self, out_dir: str | Path) -> ShardWriter:
         """Writes each processed layer as its own shard, then the rest (`checkpoint.writer.ShardWriter`)."""
         return ShardWriter(self, out_dir)
-
-
-class _Passthrough(nn.Module):
-    """Stands in for a decoder layer whose output is known: returns its input, or the injected output."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        object.__setattr__(self, "_layer", layer)  # not a submodule: its meta weights stay out of the way
-        self.output: torch.Tensor | None = None
-
-    def __getattr__(self, name: str) -> Any:  # attention_type and other flags the model's loop reads
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_layer"), name)
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states if self.output is None else self.output
-
-
-@contextlib.contextmanager
-def _layers_replaced(layers: nn.ModuleList, outputs: list[torch.Tensor]) -> Iterator[Any]:
-    """Decoder layers replaced by pass-throughs, the last returning an injected tensor; `inject(t)` sets it."""
-    originals = list(layers)
-    stand_ins = [_Passthrough(layer) for layer in originals]
-    for index, stand_in in enumerate(stand_ins):
-        layers[index] = stand_in
-
-    def inject(hidden: torch.Tensor) -> None:
-        stand_ins[-1].output = hidden
-
-    try:
-        yield inject
-    finally:
-        for index, layer in enumerate(originals):
-            layers[index] = layer
