@@ -7,6 +7,8 @@ pruned checkpoint loads with stock transformers), half the weights are zero.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 
 import pytest
@@ -14,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from moeprune.arch import get_adapter
+from moeprune.arch import get_adapter, remove_experts
+from moeprune.arch.families import FAMILIES
 from moeprune.cli import app
 from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
 
@@ -89,14 +92,66 @@ def test_cli_chain(family, tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
 
 
-def test_layer_by_layer_refusals_are_accurate():
-    """Families refused because layer-by-layer pruning cannot run them have that layout in their stock configuration."""
+def test_shared_indexer_refusal_is_accurate():
+    """hy_v4 stays refused: its 'shared' indexer layers read an earlier layer's top-k indices."""
     from transformers import CONFIG_MAPPING
 
-    from moeprune.arch.refused import REFUSED
-
-    mixed = [name for name, reason in REFUSED.items() if reason.startswith("mixes sliding and full attention")]
-    assert mixed
-    for name in mixed:
-        assert len(set(CONFIG_MAPPING[name]().layer_types)) > 1, name
     assert "shared" in CONFIG_MAPPING["hy_v4"]().indexer_types
+
+
+def _block_inputs(model, ids):
+    """The input of every MoE block for `ids`, from a forward of the whole model."""
+    inputs = {}
+    handles = [
+        layer.block.register_forward_pre_hook(lambda m, a, i=layer.index: inputs.setdefault(i, a[0].detach()))
+        for layer in get_adapter(model).layers
+    ]
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+ROUTER_ARGUMENT_FAMILIES = [
+    name for name in FAMILIES_WITH_TINY_MODELS if FAMILIES[name].router_inputs or FAMILIES[name].router_takes_batch
+]
+
+
+@pytest.mark.parametrize("family", ROUTER_ARGUMENT_FAMILIES)
+def test_naee_passes_the_blocks_router_inputs(family, tmp_path):
+    """naee's restricted router gets the block's per-expert router inputs sliced: its keep-set is the argmin over
+    real removals (every keep-set pruned for real, each MoE block's output compared)."""
+    model = tiny_moe_model(family, num_experts=6)
+    model.set_experts_implementation("eager")
+    model.save_pretrained(tmp_path / "model")
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input_ids": ids}, calib)
+    scores = tmp_path / "scores.json"
+    _invoke(
+        "score",
+        "--model",
+        tmp_path / "model",
+        "--method",
+        "naee",
+        "--calib",
+        calib,
+        "--expert-sparsity",
+        "0.5",
+        "--out",
+        scores,
+    )
+    chosen = {int(i): entry["keep"] for i, entry in json.loads(scores.read_text())["layers"].items()}
+
+    inputs = _block_inputs(model, ids)
+    best: dict[int, tuple[float, list[int]]] = {}
+    for keep in itertools.combinations(range(6), 3):
+        pruned = copy.deepcopy(model)
+        remove_experts(pruned, {index: list(keep) for index in inputs})
+        for layer in get_adapter(pruned).layers:
+            with torch.no_grad():
+                full = get_adapter(model).layer(layer.index).block(inputs[layer.index])
+                loss = float((full.double() - layer.block(inputs[layer.index]).double()).norm())
+            best[layer.index] = min(best.get(layer.index, (float("inf"), [])), (loss, list(keep)))
+    assert chosen == {index: keep for index, (_, keep) in best.items()}

@@ -73,7 +73,7 @@ def test_a_refusal_is_one_short_line(model_type):
     assert reason and "\n" not in reason and len(reason) <= 150, reason
 
 
-REFUSED_SAMPLES = ["gpt_oss", "jamba", "qwen3_vl_moe", "glm4v_moe", "mistral4"]
+REFUSED_SAMPLES = ["zaya", "deepseek_v4", "qwen3_vl_moe", "glm4v_moe", "mistral4"]
 
 
 def _config_only_dir(model_type: str, root: Path) -> Path:
@@ -99,9 +99,9 @@ def test_every_stage_that_opens_a_model_refuses_before_reading_weights(tmp_path)
     from moeprune.arch.loading import check_model_dir, load_model
     from moeprune.errors import MoepruneError
 
-    path = _config_only_dir("gpt_oss", tmp_path)
+    path = _config_only_dir("zaya", tmp_path)
     for opener in (check_model_dir, load_model):
-        with pytest.raises(MoepruneError, match=r"^MoE family 'gpt_oss' is not covered: mixes sliding"):
+        with pytest.raises(MoepruneError, match=r"^MoE family 'zaya' is not covered: router 'gate' is an MLP"):
             opener(path)
 
 

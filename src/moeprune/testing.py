@@ -183,7 +183,6 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 intermediate_size=24, moe_num_experts=num_experts, moe_topk=top_k, moe_num_shared_experts=1, head_dim=8
             ),
         ),
-        # Refused for a stage outside arch/ (families.PENDING); tests/test_arch_removal.py round-trips them.
         "flint": (
             "FlintConfig",
             dict(
@@ -194,6 +193,7 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 head_dim=8,
                 sliding_window=16,
                 num_hidden_layers=3,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                 mlp_only_layers=[0],
             ),
         ),
@@ -212,6 +212,7 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 topk_group=2,
                 head_dim=8,
                 sliding_window=16,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                 num_hidden_layers=3,
                 mlp_layer_types=["dense", "sparse", "sparse"],
             ),
@@ -227,11 +228,19 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 num_hidden_layers=3,
                 head_dim=8,
                 sliding_window=16,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             ),
         ),
         "cohere2_moe": (
             "Cohere2MoeConfig",
-            dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, head_dim=8, sliding_window=16),
+            dict(
+                intermediate_size=24,
+                num_experts=num_experts,
+                num_shared_experts=1,
+                head_dim=8,
+                sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
         ),
         "mimo_v2_flash": (
             "MiMoV2FlashConfig",
@@ -270,6 +279,7 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 num_local_experts=num_experts,
                 head_dim=8,
                 sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
             ),
         ),
         "gpt_oss": (
@@ -278,6 +288,7 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 intermediate_size=24,
                 num_local_experts=num_experts,
                 head_dim=8,
+                sliding_window=16,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
         ),
@@ -334,6 +345,17 @@ FAMILIES_WITH_TINY_MODELS = (
     "axk2",
     "deepseek_v32",
     "glm_moe_dsa",
+    "cohere2_moe",
+    "minimax_m2",
+    "mimo_v2_flash",
+    "beam",
+    "kolibri1",
+    "hy_v3",
+    "exaone_moe",
+    "afmoe",
+    "flint",
+    "granitemoe_swa",
+    "gpt_oss",
 )
 
 

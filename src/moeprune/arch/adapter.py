@@ -129,10 +129,21 @@ class MoELayer:
                 found[name] = module
         return found
 
-    def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`)."""
+    def route(
+        self, hidden: torch.Tensor, router: nn.Module | None = None, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the family's own gate: hidden `[T, H]` -> (logits `[T, E]`, weights `[T, k]`, index `[T, k]`).
+
+        `router` (default: the block's) is called as the block calls it; with `keep` (sorted expert
+        indices), the block-level `router_inputs` are sliced to those experts, for a router restricted to them.
+        """
         flat = hidden.reshape(-1, hidden.shape[-1])
-        return self.router(flat[None] if self.family.router_takes_batch else flat, *self.router_inputs.values())
+        inputs = list(self.router_inputs.values())
+        if keep is not None:
+            inputs = [tensor.index_select(-1, keep.to(tensor.device)) for tensor in inputs]
+        router = self.router if router is None else router
+        logits, weights, index = router(flat[None] if self.family.router_takes_batch else flat, *inputs)
+        return logits.reshape(flat.shape[0], -1), weights.reshape(flat.shape[0], -1), index.reshape(flat.shape[0], -1)
 
     def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
         """Views `[out, in]` of one expert's matrices (`gate_proj`, `up_proj`, `down_proj`).

@@ -105,10 +105,13 @@ class RestrictedRouter(nn.Module):
         self.keep = keep
         self.num_experts = slicer.num_experts
 
-    def forward(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits_k, weights, index = self.inner(hidden)
-        logits = logits_k.new_full((logits_k.shape[0], self.num_experts), float("-inf"))
-        logits[:, self.keep] = logits_k
+    def forward(self, hidden: Tensor, *router_inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Called as the block calls its router; per-expert `router_inputs` (a block-level correction bias)
+        arrive for every expert and are sliced to the keep-set."""
+        sliced = [tensor.index_select(-1, self.keep.to(tensor.device)) for tensor in router_inputs]
+        logits_k, weights, index = self.inner(hidden, *sliced)
+        logits = logits_k.new_full((*logits_k.shape[:-1], self.num_experts), float("-inf"))
+        logits[..., self.keep] = logits_k
         return logits, weights, self.keep[index]
 
 
@@ -181,7 +184,7 @@ def enumerate_losses(layer: MoELayer, hidden: Tensor, candidates: list[tuple[int
             _, weights, index = layer.route(x)
             routed = _mixture(outputs, index, weights)  # R: the full model's routed mixture
             for n, keep in enumerate(keep_tensors):
-                _, weights_k, index_k = slicer.restrict(keep)(x)
+                _, weights_k, index_k = layer.route(x, slicer.restrict(keep), keep)
                 routed_k = _mixture(outputs, keep[index_k], weights_k)
                 squared[n] += (routed - routed_k).pow(2).sum().cpu()
     return squared.sqrt()
