@@ -152,7 +152,7 @@ def test_reload_matches_keep_set(reloaded, family):
         router_key = f"{layer.path}.{adapter.family.router_attr}.{adapter.family.router_weight}"
         assert torch.equal(state[router_key], case["original"][router_key][keep])
         keys = _per_expert_keys(layer, adapter.family)
-        for name in ("gate_up_proj", "down_proj"):
+        for name in ("gate_up_proj" if layer.has_gate else "up_proj", "down_proj"):  # nemotron_h: no gate
             assert f"{layer.path}.experts.{name}" in keys
         if layer.router_bias is not None:
             assert any(key.endswith(("bias", "expert_bias")) for key in keys), keys

@@ -155,3 +155,11 @@ def test_naee_passes_the_blocks_router_inputs(family, tmp_path):
                 loss = float((full.double() - layer.block(inputs[layer.index]).double()).norm())
             best[layer.index] = min(best.get(layer.index, (float("inf"), [])), (loss, list(keep)))
     assert chosen == {index: keep for index, (_, keep) in best.items()}
+
+
+def test_experts_reading_a_latent_projection_are_refused_in_one_line():
+    from moeprune.errors import MoepruneError
+
+    model = tiny_moe_model("nemotron_h", moe_latent_size=16)
+    with pytest.raises(MoepruneError, match="^the routed experts of this nemotron_h model read a projection"):
+        get_adapter(model)

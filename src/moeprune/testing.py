@@ -65,6 +65,30 @@ def _indexer() -> dict:
     return dict(index_topk=64, index_head_dim=8, index_n_heads=2)
 
 
+def _gated_delta_net(num_experts: int) -> dict:
+    """Qwen3-Next-style hybrid sizes: a gated-delta-net (linear attention) layer, then a full attention one."""
+    return dict(
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=40,
+        num_experts=num_experts,
+        norm_topk_prob=True,
+        head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+
+
+def _mamba2() -> dict:
+    """Small Mamba-2 mixer sizes."""
+    return dict(
+        mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=16, mamba_expand=2
+    )
+
+
 def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict]:
     moe = dict(num_experts_per_tok=top_k)
     specs = {
@@ -292,6 +316,101 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
         ),
+        "qwen3_next": ("Qwen3NextConfig", dict(_gated_delta_net(num_experts), decoder_sparse_step=1)),
+        "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", _gated_delta_net(num_experts)),
+        "granitemoehybrid": (
+            "GraniteMoeHybridConfig",
+            dict(
+                intermediate_size=24,
+                num_local_experts=num_experts,
+                shared_intermediate_size=40,
+                layer_types=["mamba", "attention"],
+                **_mamba2(),
+            ),
+        ),
+        "jamba": (
+            "JambaConfig",
+            dict(
+                intermediate_size=24,
+                num_experts=num_experts,
+                num_hidden_layers=4,
+                expert_layer_period=2,
+                expert_layer_offset=1,
+                attn_layer_period=2,
+                attn_layer_offset=0,
+                mamba_d_state=8,
+                mamba_dt_rank=4,
+            ),
+        ),
+        "minimax": (
+            "MiniMaxConfig",
+            dict(
+                intermediate_size=24,
+                num_local_experts=num_experts,
+                head_dim=8,
+                block_size=8,
+                layer_types=["linear_attention", "full_attention"],
+            ),
+        ),
+        "kimi_linear": (
+            "KimiLinearConfig",
+            dict(
+                _v3_like(num_experts),
+                num_experts=num_experts,
+                kv_lora_rank=16,
+                q_lora_rank=None,
+                qk_rope_head_dim=4,
+                qk_nope_head_dim=4,
+                v_head_dim=8,
+                num_key_value_heads=4,
+                layer_types=["linear_attention", "full_attention", "linear_attention"],
+                linear_head_dim=8,
+                linear_num_heads=4,
+            ),
+        ),
+        "bailing_hybrid": (
+            "BailingHybridConfig",
+            dict(
+                _v3_like(num_experts),
+                num_experts=num_experts,
+                **_mla(),
+                head_dim=8,
+                first_k_dense_replace=1,
+                num_nextn_predict_layers=0,
+                layer_types=["linear_attention", "full_attention", "linear_attention"],
+            ),
+        ),
+        "nemotron_h": (
+            "NemotronHConfig",
+            dict(
+                intermediate_size=64,
+                n_routed_experts=num_experts,
+                moe_intermediate_size=24,
+                moe_shared_expert_intermediate_size=40,
+                n_group=1,
+                topk_group=1,
+                head_dim=8,
+                layers_block_type=["mamba", "moe", "attention", "moe"],
+                mamba_num_heads=4,
+                mamba_head_dim=16,
+                n_groups=1,
+                ssm_state_size=8,
+                chunk_size=16,
+            ),
+        ),
+        "lfm2_moe": (
+            "Lfm2MoeConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_dense_layers=1,
+                num_hidden_layers=3,
+                layer_types=["conv", "full_attention", "conv"],
+                use_expert_bias=True,
+                norm_topk_prob=True,
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -356,6 +475,15 @@ FAMILIES_WITH_TINY_MODELS = (
     "flint",
     "granitemoe_swa",
     "gpt_oss",
+    "qwen3_next",
+    "qwen3_5_moe_text",
+    "granitemoehybrid",
+    "jamba",
+    "minimax",
+    "kimi_linear",
+    "bailing_hybrid",
+    "nemotron_h",
+    "lfm2_moe",
 )
 
 

@@ -213,6 +213,12 @@ class MoEAdapter:
         for layer in self.layers:
             layer.family = family
             layer.router = self._find_router(layer.block, family)
+            up = layer.up_param
+            if up.shape[1 if layer.is_transposed else 2] != layer.router_weight.shape[-1]:
+                raise MoepruneError(
+                    f"the routed experts of this {model_type} model read a projection of the hidden states "
+                    "(a latent size, e.g. nemotron_h's moe_latent_size), which moeprune does not handle"
+                )
 
     @staticmethod
     def _discover(model: nn.Module) -> list[MoELayer]:

@@ -239,6 +239,39 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_mlp",),
         ),
         Family("gpt_oss", ("num_local_experts",), router_attr="router", gate="top-k logits (+ router bias) -> softmax"),
+        # Hybrid models: linear-attention, mamba or short-conv layers beside the attention ones (each layer
+        # gets its own mask from the model's forward: layerwise.capture_block_inputs).
+        Family(
+            "qwen3_next",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+            shared_attrs=("shared_expert", "shared_expert_gate"),
+        ),
+        Family(
+            "qwen3_5_moe_text",
+            ("num_experts",),
+            gate="softmax -> top-k -> renormalise",
+            shared_attrs=("shared_expert", "shared_expert_gate"),
+        ),
+        Family(
+            "granitemoehybrid",
+            ("num_local_experts",),
+            router_attr="router",
+            gate="top-k logits -> softmax",
+            shared_attrs=("shared_mlp",),
+        ),
+        Family("jamba", ("num_experts",), router_attr="router", gate="softmax -> top-k", renormalises=_never),
+        Family("minimax", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
+        _v3_like("kimi_linear", ("num_experts",)),
+        _v3_like("bailing_hybrid", ("num_experts",)),
+        _v3_like("nemotron_h", ("n_routed_experts",)),
+        Family(
+            "lfm2_moe",
+            ("num_experts",),
+            router_inputs=("expert_bias",),
+            gate="sigmoid (+ block-level expert bias) -> top-k (renormalise if norm_topk_prob), scaled",
+        ),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )
 }
