@@ -411,6 +411,36 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 norm_topk_prob=True,
             ),
         ),
+        "minimax_m3_vl_text": (
+            "MiniMaxM3VLTextConfig",
+            dict(
+                intermediate_size=24,
+                dense_intermediate_size=64,
+                shared_intermediate_size=40,
+                num_local_experts=num_experts,
+                head_dim=8,
+                rotary_dim=4,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                layer_types=["full_attention", "minimax_m3_sparse", "full_attention"],
+                index_n_heads=2,
+                index_head_dim=8,
+                index_block_size=4,
+                index_topk_blocks=2,
+            ),
+        ),
+        "dots3_note_text": (
+            "Dots3NoteTextConfig",
+            dict(
+                _v3_like(num_experts),
+                **_mla(),
+                **_indexer(),
+                head_dim=8,
+                shared_experts_intermediate_size=40,
+                sliding_window=16,
+                layer_types=["indexed_attention", "sliding_attention", "indexed_attention"],
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -484,6 +514,8 @@ FAMILIES_WITH_TINY_MODELS = (
     "bailing_hybrid",
     "nemotron_h",
     "lfm2_moe",
+    "minimax_m3_vl_text",
+    "dots3_note_text",
 )
 
 

@@ -272,6 +272,13 @@ FAMILIES: dict[str, Family] = {
             router_inputs=("expert_bias",),
             gate="sigmoid (+ block-level expert bias) -> top-k (renormalise if norm_topk_prob), scaled",
         ),
+        Family(
+            "minimax_m3_vl_text",
+            ("num_local_experts",),
+            gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
+        _v3_like("dots3_note_text"),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )
 }

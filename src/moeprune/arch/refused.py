@@ -13,7 +13,6 @@ from moeprune.errors import MoepruneError
 _HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
 _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
-_MIXED = "mixes sliding and full attention layers, which layer-by-layer pruning refuses; {}"
 
 REFUSED: dict[str, str] = {
     "aria": "vision-language wrapper (AriaForConditionalGeneration) around a covered aria_text MoE; not handled yet",
@@ -21,7 +20,6 @@ REFUSED: dict[str, str] = {
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "dots3_note": _VL.format("Dots3Note, with MoE in both the text and the vision tower"),
-    "dots3_note_text": _MIXED.format("router 'gate' with shared_experts, indexed attention"),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
@@ -36,7 +34,6 @@ REFUSED: dict[str, str] = {
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "inkling_text": _HYBRID.format("short conv / mamba"),
     "minimax_m3_vl": _VL.format("MiniMax-M3-VL; its text model has lightning attention and clamped experts"),
-    "minimax_m3_vl_text": _HYBRID.format("lightning attention; clamped experts"),
     "mistral4": _VL.format("Mistral4 (no causal-LM Auto class) around a DeepSeek-V3-style text MoE"),
     "mistral_large4": _VL.format("Mistral-Large-4 around a DeepSeek-V3-style text MoE"),
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
