@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from moeprune.arch import get_adapter, remove_experts, validate_keep_sets
 from moeprune.arch.families import FAMILIES, PENDING
+from moeprune.arch.loading import _auto_class
 from moeprune.arch.refused import REFUSED
 from moeprune.errors import MoepruneError
 from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
@@ -34,10 +35,10 @@ def pending_families_registered():
 RELOAD_SCRIPT = r"""
 import json, sys, torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
+import transformers
 jobs = json.loads(sys.argv[1])
 for job in jobs:
-    model = AutoModelForCausalLM.from_pretrained(job["dir"], use_safetensors=True).eval()
+    model = getattr(transformers, job["auto"]).from_pretrained(job["dir"], use_safetensors=True).eval()
     assert "moeprune" not in sys.modules
     with torch.no_grad():
         logits = model(torch.tensor([job["ids"]])).logits[0]
@@ -68,7 +69,7 @@ def _routing(model, ids: list[int]) -> dict[int, set[int]]:
 def _keep_sets_for(model, family: str) -> tuple[list[int], dict[int, list[int]]]:
     """A token sequence and keep-sets of size KEEP that hold every expert the sequence uses."""
     adapter = get_adapter(model)
-    n_group = getattr(model.config, "n_group", 1) if adapter.family.group_routing(model.config) else 1
+    n_group = getattr(adapter.config, "n_group", 1) if adapter.family.group_routing(adapter.config) else 1
     size = adapter.layers[0].num_experts // n_group
     quota = KEEP // n_group
     generator = torch.Generator().manual_seed(0)
@@ -134,7 +135,7 @@ def reloaded(tmp_path_factory):
         cases[family] = dict(
             root=root, ids=ids, keep=keep, original=original, logits=original_logits, pruned=pruned_logits, model=model
         )
-        jobs.append({"dir": str(root / "model"), "ids": ids})
+        jobs.append({"dir": str(root / "model"), "ids": ids, "auto": _auto_class(model.config).__name__})
     subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps(jobs)], check=True, timeout=600)
     return cases
 
@@ -145,6 +146,7 @@ def test_reload_matches_keep_set(reloaded, family):
     state = load_file(case["root"] / "reloaded.safetensors")
     config = json.loads((case["root"] / "reloaded_config.json").read_text())
     adapter = get_adapter(case["model"])
+    config = config.get("text_config", config)  # a vision-language wrapper: its language model's
     counts = [config[f] for f in adapter.family.count_fields if f in config]
     assert counts and set(counts) == {KEEP}
     for layer in adapter.layers:
@@ -235,7 +237,7 @@ def test_run_expert_matches_stacked_forward(family):
 
 def _test_run_expert(model):
     layer = get_adapter(model).layers[0]
-    hidden = torch.randn(6, model.config.hidden_size)
+    hidden = torch.randn(6, model.config.get_text_config().hidden_size)
     _, weights, index = layer.route(hidden)
     with torch.no_grad():
         fused = layer.experts(hidden, index, weights)

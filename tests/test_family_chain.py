@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from moeprune.arch import get_adapter, remove_experts
 from moeprune.arch.families import FAMILIES
+from moeprune.arch.loading import _auto_class
 from moeprune.cli import app
 from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
 
@@ -33,9 +34,8 @@ def _invoke(*args: str) -> str:
 
 @pytest.mark.parametrize("family", FAMILIES_WITH_TINY_MODELS)
 def test_cli_chain(family, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model = tiny_moe_model(family, num_experts=NUM_EXPERTS)
+    auto = _auto_class(model.config)  # the stock Auto class: causal LM, or image-text-to-text for a VL wrapper
     model.save_pretrained(tmp_path / "model")
     calib = tmp_path / "calib.safetensors"
     save_file({"input_ids": torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(0))}, calib)
@@ -66,10 +66,11 @@ def test_cli_chain(family, tmp_path):
     assert {len(entry["keep"]) for entry in layers.values()} == {NUM_EXPERTS // 2}
 
     _invoke("prune-experts", "--model", tmp_path / "model", "--scores", scores, "--out", tmp_path / "pruned")
-    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    pruned = auto.from_pretrained(tmp_path / "pruned")
     adapter = get_adapter(pruned)
     assert {layer.num_experts for layer in adapter.layers} == {NUM_EXPERTS // 2}
-    assert {getattr(pruned.config, name) for name in adapter.family.count_fields} == {NUM_EXPERTS // 2}
+    text_config = pruned.config.get_text_config()
+    assert {getattr(text_config, name) for name in adapter.family.count_fields} == {NUM_EXPERTS // 2}
     for layer in adapter.layers:
         keep = layers[str(layer.index)]["keep"]
         torch.testing.assert_close(layer.router_weight, get_adapter(model).layer(layer.index).router_weight[keep])
@@ -89,7 +90,7 @@ def test_cli_chain(family, tmp_path):
     )
     report = json.loads((tmp_path / "sparse" / "sparsity_report.json").read_text())
     assert report["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
-    AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
+    auto.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
 
 
 def test_shared_indexer_refusal_is_accurate():

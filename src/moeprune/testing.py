@@ -441,6 +441,10 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 layer_types=["indexed_attention", "sliding_attention", "indexed_attention"],
             ),
         ),
+        "mistral4": (
+            "Mistral4Config",
+            dict(_v3_like(num_experts), **_mla(), first_k_dense_replace=1),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -448,17 +452,121 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
     return name, {**_COMMON, **moe, **extra}
 
 
+_SMALL_VIT = dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, patch_size=4, image_size=16)
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+# Vision-language wrappers: (config class, text family whose tiny config the language model reuses,
+# text config changes, wrapper kwargs: a tiny vision tower).
+_VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
+    "qwen3_vl_moe": (
+        "Qwen3VLMoeConfig",
+        "qwen3_moe",
+        dict(rope_parameters=dict(_MROPE)),
+        dict(
+            vision_config=dict(
+                depth=1,
+                hidden_size=16,
+                intermediate_size=24,
+                num_heads=2,
+                out_hidden_size=32,
+                patch_size=4,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[0],
+            ),
+        ),
+    ),
+    "glm4v_moe": (
+        "Glm4vMoeConfig",
+        "glm4_moe",
+        dict(rope_parameters={**_MROPE, "partial_rotary_factor": 1.0}),
+        dict(vision_config=dict(_SMALL_VIT, out_hidden_size=32, spatial_merge_size=2, temporal_patch_size=2)),
+    ),
+    "qwen3_5_moe": (
+        "Qwen3_5MoeConfig",
+        "qwen3_5_moe_text",
+        dict(rope_parameters={**_MROPE, "partial_rotary_factor": 0.5}),
+        dict(
+            vision_config=dict(
+                _SMALL_VIT, out_hidden_size=32, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16
+            )
+        ),
+    ),
+    "aria": (
+        "AriaConfig",
+        "aria_text",
+        {},
+        dict(
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=4,
+            ),
+            projector_patch_to_query_dict={16: 4},
+        ),
+    ),
+    "mistral_large4": (
+        "MistralLarge4Config",
+        "glm_moe_dsa",
+        dict(rope_parameters=dict(_ROPE)),
+        dict(
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                head_dim=8,
+                image_size=16,
+                patch_size=4,
+            )
+        ),
+    ),
+    "minimax_m3_vl": (
+        "MiniMaxM3VLConfig",
+        "minimax_m3_vl_text",
+        {},
+        dict(
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=4,
+            ),
+            projector_hidden_size=32,
+            merged_hidden_size=64,
+        ),
+    ),
+}
+
+
 def tiny_moe_model(
     family: str = "mixtral", num_experts: int = 8, top_k: int = 2, seed: int = 0, **overrides
 ) -> nn.Module:
-    """A randomly initialised tiny causal LM of `family` (eval mode, float32, eager experts)."""
+    """A randomly initialised tiny causal LM of `family` (eval mode, float32, eager experts).
+
+    A vision-language family gets a tiny vision tower around the tiny language model of its text family
+    (`_VISION_LANGUAGE`); `overrides` then apply to the language model's config.
+    """
     import transformers
 
-    config_name, kwargs = _family_kwargs(family, num_experts, top_k)
-    kwargs.update(overrides)
-    config = getattr(transformers, config_name)(**kwargs)
+    from moeprune.arch.loading import _auto_class
+
+    if family in _VISION_LANGUAGE:
+        config_name, text_family, text_extra, wrapper = _VISION_LANGUAGE[family]
+        _, text = _family_kwargs(text_family, num_experts, top_k)
+        config = getattr(transformers, config_name)(text_config={**text, **text_extra, **overrides}, **wrapper)
+    else:
+        config_name, kwargs = _family_kwargs(family, num_experts, top_k)
+        kwargs.update(overrides)
+        config = getattr(transformers, config_name)(**kwargs)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = _auto_class(config).from_config(config)
     family_facts = get_family(config.model_type)
     routers = ("gate.weight", "router.weight")
     if family_facts is not None:
@@ -516,6 +624,13 @@ FAMILIES_WITH_TINY_MODELS = (
     "lfm2_moe",
     "minimax_m3_vl_text",
     "dots3_note_text",
+    "qwen3_vl_moe",
+    "glm4v_moe",
+    "qwen3_5_moe",
+    "aria",
+    "mistral_large4",
+    "mistral4",
+    "minimax_m3_vl",
 )
 
 

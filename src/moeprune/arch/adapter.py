@@ -197,8 +197,10 @@ class MoEAdapter:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.config = model.config
-        model_type = getattr(self.config, "model_type", "?")
+        model_type = getattr(model.config, "model_type", "?")
+        # The language model's config: a vision-language wrapper keeps the MoE facts in its text_config.
+        get_text_config = getattr(model.config, "get_text_config", None)
+        self.config = get_text_config() if callable(get_text_config) else model.config
         self.layers = self._discover(model)
         if not self.layers:
             raise MoepruneError(

@@ -279,6 +279,32 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_experts",),
         ),
         _v3_like("dots3_note_text"),
+        # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
+        # of its text_config); the vision tower is left as it is.
+        Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
+        _v3_like("glm4v_moe"),
+        _v3_like("mistral_large4"),
+        _v3_like("mistral4"),
+        Family(
+            "aria",
+            ("moe_num_experts",),
+            top_k_fields=("moe_topk",),
+            router_attr="router",
+            gate="top-k logits -> softmax",
+            shared_attrs=("shared_experts",),
+        ),
+        Family(
+            "qwen3_5_moe",
+            ("num_experts",),
+            gate="softmax -> top-k -> renormalise",
+            shared_attrs=("shared_expert", "shared_expert_gate"),
+        ),
+        Family(
+            "minimax_m3_vl",
+            ("num_local_experts",),
+            gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
+            shared_attrs=("shared_experts",),
+        ),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )
 }

@@ -91,11 +91,18 @@ def _check_config(config_path: Path) -> None:
 
 
 def _auto_class(config):
-    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+    """The stock Auto class of a checkpoint: image classifier, causal LM, or vision-language model."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForImageTextToText
 
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith("ForImageClassification") for name in architectures):
         return AutoModelForImageClassification
+    if type(config) in AutoModelForImageTextToText._model_mapping and (
+        getattr(config, "vision_config", None) is not None or type(config) not in AutoModelForCausalLM._model_mapping
+    ):
+        # A vision-language wrapper around an MoE language model: loaded whole (AutoModelForCausalLM would
+        # drop the vision tower of e.g. qwen3_5_moe), its language model's MoE layers pruned.
+        return AutoModelForImageTextToText
     return AutoModelForCausalLM
 
 

@@ -15,7 +15,6 @@ _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
 
 REFUSED: dict[str, str] = {
-    "aria": "vision-language wrapper (AriaForConditionalGeneration) around a covered aria_text MoE; not handled yet",
     "deepseek_ocr2": _VL.format("DeepSeek-OCR2 around a DeepSeek-V2-style text MoE"),
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
@@ -23,7 +22,6 @@ REFUSED: dict[str, str] = {
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "glm4v_moe": _VL.format("Glm4vMoeForConditionalGeneration around a GLM-4-MoE text model"),
     "glm5_next": _VL.format("GLM-5-Next; its text model also has hybrid layers and clamped experts"),
     "hy_v4": (
         "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
@@ -33,15 +31,10 @@ REFUSED: dict[str, str] = {
     "inkling2_text": _HYBRID.format("short conv / mamba"),
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "inkling_text": _HYBRID.format("short conv / mamba"),
-    "minimax_m3_vl": _VL.format("MiniMax-M3-VL; its text model has lightning attention and clamped experts"),
-    "mistral4": _VL.format("Mistral4 (no causal-LM Auto class) around a DeepSeek-V3-style text MoE"),
-    "mistral_large4": _VL.format("Mistral-Large-4 around a DeepSeek-V3-style text MoE"),
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
     "openai_privacy_filter": "a token classifier (no causal-LM head) with gpt_oss-style experts; not handled yet",
-    "qwen3_5_moe": _VL.format("Qwen3.5-MoE; its text model also has hybrid gated-delta-net layers"),
     "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
     "qwen3_omni_moe_thinker": _VL.format("Qwen3-Omni thinker"),
-    "qwen3_vl_moe": _VL.format("Qwen3VLMoeForConditionalGeneration around a Qwen3-MoE text model"),
     "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
     "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
     "unlimited_ocr": _VL.format("Unlimited-OCR around a DeepSeek-V2-style text MoE"),

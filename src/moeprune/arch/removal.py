@@ -153,8 +153,8 @@ def _check_merges(layer: MoELayer, groups: dict[int, list[int]]) -> None:
         seen |= set(members)
 
 
-def _clamp_top_k(model: nn.Module, config, new_count: int) -> None:
-    family = get_family(getattr(config, "model_type", ""))
+def _clamp_top_k(model: nn.Module, config, new_count: int, family=None) -> None:
+    family = family or get_family(getattr(model.config, "model_type", ""))
     for field in family.top_k_fields if family is not None else ("num_experts_per_tok",):
         top_k = getattr(config, field, None)
         if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > new_count:
@@ -190,13 +190,13 @@ def remove_experts(model: nn.Module, keep: dict[int, list[int]]) -> dict[int, li
 
 def set_expert_count(model: nn.Module, adapter: MoEAdapter, old_counts: set[int], new_count: int) -> None:
     """After every layer lost experts: the config's count field(s), the model's cached counts, top_k (clamped)."""
-    config = model.config
+    config = adapter.config  # the language model's (a vision-language wrapper's text_config)
     for field in adapter.family.count_fields:
         setattr(config, field, new_count)
     for attr in _COUNT_ATTRS:
         if getattr(model, attr, None) in old_counts:
             setattr(model, attr, new_count)
-    _clamp_top_k(model, config, new_count)
+    _clamp_top_k(model, config, new_count, adapter.family)
 
 
 def remove_experts_in_layer(layer: MoELayer, kept: list[int]) -> None:
