@@ -164,3 +164,15 @@ def test_experts_reading_a_latent_projection_are_refused_in_one_line():
     model = tiny_moe_model("nemotron_h", moe_latent_size=16)
     with pytest.raises(MoepruneError, match="^the routed experts of this nemotron_h model read a projection"):
         get_adapter(model)
+
+
+def test_only_the_language_models_experts_are_pruned():
+    """dots3_note's vision tower has MoE blocks too: the adapter lists the language model's only."""
+    model = tiny_moe_model("dots3_note", num_experts=NUM_EXPERTS)
+    adapter = get_adapter(model)
+    assert all(layer.path.startswith("model.language_model.") for layer in adapter.layers)
+    vision = {name: param.clone() for name, param in model.named_parameters() if ".vision_tower." in name}
+    assert any(".experts." in name for name in vision)
+    remove_experts(model, {layer.index: [0, 1, 4, 5] for layer in adapter.layers})
+    assert all(torch.equal(param, vision[name]) for name, param in model.named_parameters() if name in vision)
+    assert {layer.num_experts for layer in get_adapter(model).layers} == {4}

@@ -453,6 +453,25 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
 
 
 _SMALL_VIT = dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, patch_size=4, image_size=16)
+_SMALL_SAM = dict(
+    hidden_size=16,
+    output_channels=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=4,
+    mlp_dim=24,
+    window_size=2,
+    global_attn_indexes=[0],
+)
+_SMALL_LM = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 _MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
 # Vision-language wrappers: (config class, text family whose tiny config the language model reuses,
@@ -540,6 +559,58 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
             ),
             projector_hidden_size=32,
             merged_hidden_size=64,
+        ),
+    ),
+    "deepseek_ocr2": (
+        "DeepseekOcr2Config",
+        "deepseek_v2",
+        dict(mlp_layer_types=["sparse", "sparse"]),
+        dict(vision_config=dict(sam_config=_SMALL_SAM, encoder_config=_SMALL_LM)),
+    ),
+    "unlimited_ocr": (
+        "UnlimitedOcrConfig",
+        "deepseek_v2",
+        {},
+        dict(
+            vision_config=dict(
+                sam_config=_SMALL_SAM,
+                encoder_config=dict(
+                    hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=16
+                ),
+            )
+        ),
+    ),
+    "dots3_note": (
+        "Dots3NoteConfig",
+        "dots3_note_text",
+        {},
+        dict(
+            vision_config=dict(  # an MoE vision tower: left as it is
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                patch_size=4,
+                moe_intermediate_size=12,
+                mlp_layer_types=["dense", "sparse"],
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                adapter_in_dim=16,
+                adapter_out_dim=32,
+            ),
+            audio_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=8,
+                feature_size=16,
+                downsample_hidden_size=8,
+                conv_output_size=16,
+                adapter_input_size=16,
+                adapter_out_dim=32,
+            ),
         ),
     ),
 }
@@ -631,6 +702,9 @@ FAMILIES_WITH_TINY_MODELS = (
     "mistral_large4",
     "mistral4",
     "minimax_m3_vl",
+    "deepseek_ocr2",
+    "unlimited_ocr",
+    "dots3_note",
 )
 
 

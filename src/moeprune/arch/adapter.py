@@ -223,10 +223,27 @@ class MoEAdapter:
                 )
 
     @staticmethod
-    def _discover(model: nn.Module) -> list[MoELayer]:
+    def _language_model_prefix(model: nn.Module) -> str:
+        """`model.language_model.` where a vision-language wrapper has one (its vision tower may hold MoE
+        blocks too, e.g. dots3_note's; only the language model's are pruned), else ``""``."""
+        get_decoder = getattr(model, "get_decoder", None)
+        try:
+            decoder = get_decoder() if callable(get_decoder) else None
+        except (AttributeError, NotImplementedError, TypeError):
+            decoder = None
+        if not isinstance(decoder, nn.Module) or decoder is model:
+            return ""
+        name = next((name for name, module in model.named_modules() if module is decoder), "")
+        return f"{name}." if name else ""
+
+    @classmethod
+    def _discover(cls, model: nn.Module) -> list[MoELayer]:
         found = []
+        prefix = cls._language_model_prefix(model)
+        if prefix and not any(_is_stacked_experts(m) for n, m in model.named_modules() if n.startswith(prefix)):
+            prefix = ""
         for name, module in model.named_modules():
-            if not _is_stacked_experts(module) or "." not in name:
+            if not _is_stacked_experts(module) or "." not in name or not name.startswith(prefix):
                 continue
             block_path = name.rsplit(".", 1)[0]
             numbers = re.findall(r"\.(\d+)\.", f".{block_path}.")

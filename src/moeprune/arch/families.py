@@ -285,6 +285,23 @@ FAMILIES: dict[str, Family] = {
         _v3_like("glm4v_moe"),
         _v3_like("mistral_large4"),
         _v3_like("mistral4"),
+        _v3_like("dots3_note"),
+        Family(
+            "deepseek_ocr2",
+            ("n_routed_experts",),
+            gate="softmax -> (group-limited) top-k, scaled",
+            renormalises=_never,
+            shared_attrs=("shared_experts",),
+            group_routing=_deepseek_v2_groups,
+        ),
+        Family(
+            "unlimited_ocr",
+            ("n_routed_experts",),
+            gate="softmax -> (group-limited) top-k, scaled",
+            renormalises=_never,
+            shared_attrs=("shared_experts",),
+            group_routing=_deepseek_v2_groups,
+        ),
         Family(
             "aria",
             ("moe_num_experts",),

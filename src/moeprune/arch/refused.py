@@ -15,10 +15,8 @@ _VL = "vision-language wrapper ({}); its language MoE is not handled yet"
 _NO_ENTRY = "{}; no family entry or round-trip test yet"
 
 REFUSED: dict[str, str] = {
-    "deepseek_ocr2": _VL.format("DeepSeek-OCR2 around a DeepSeek-V2-style text MoE"),
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "dots3_note": _VL.format("Dots3Note, with MoE in both the text and the vision tower"),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
@@ -37,7 +35,6 @@ REFUSED: dict[str, str] = {
     "qwen3_omni_moe_thinker": _VL.format("Qwen3-Omni thinker"),
     "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
     "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
-    "unlimited_ocr": _VL.format("Unlimited-OCR around a DeepSeek-V2-style text MoE"),
     "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
 }
 
