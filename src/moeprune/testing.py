@@ -445,6 +445,27 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
             "Mistral4Config",
             dict(_v3_like(num_experts), **_mla(), first_k_dense_replace=1),
         ),
+        "glm5_next_text": (  # only as glm5_next's language model
+            "Glm5NextTextConfig",
+            dict(
+                _v3_like(num_experts),
+                n_group=1,
+                topk_group=1,
+                num_key_value_heads=4,
+                kv_lora_rank=16,
+                q_lora_rank=16,
+                qk_rope_head_dim=0,
+                qk_nope_head_dim=8,
+                v_head_dim=8,
+                head_dim=0,
+                **_indexer(),
+                layer_types=["indexed_attention", "linear_attention", "indexed_attention"],
+                indexer_types=["full", "full", "full"],
+                index_kpool=4,
+                linear_head_dim=8,
+                linear_num_heads=4,
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -613,6 +634,44 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
             ),
         ),
     ),
+    "qwen3_omni_moe_thinker": (
+        "Qwen3OmniMoeThinkerConfig",
+        "qwen3_moe",
+        dict(rope_parameters=dict(_MROPE, mrope_interleaved=True)),
+        dict(
+            vision_config=dict(
+                _SMALL_VIT,
+                out_hidden_size=32,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[0],
+            ),
+            audio_config=dict(
+                num_mel_bins=16,
+                encoder_layers=1,
+                encoder_attention_heads=2,
+                encoder_ffn_dim=24,
+                d_model=16,
+                output_dim=32,
+                downsample_hidden_size=8,
+            ),
+        ),
+    ),
+    "glm5_next": (
+        "Glm5NextConfig",
+        "glm5_next_text",
+        {},
+        dict(
+            vision_config=dict(
+                _SMALL_VIT,
+                out_hidden_size=32,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                projection_intermediate_size=48,
+            )
+        ),
+    ),
 }
 
 
@@ -705,6 +764,8 @@ FAMILIES_WITH_TINY_MODELS = (
     "deepseek_ocr2",
     "unlimited_ocr",
     "dots3_note",
+    "qwen3_omni_moe_thinker",
+    "glm5_next",
 )
 
 

@@ -286,6 +286,13 @@ FAMILIES: dict[str, Family] = {
         _v3_like("mistral_large4"),
         _v3_like("mistral4"),
         _v3_like("dots3_note"),
+        _v3_like("glm5_next"),
+        Family(
+            "qwen3_omni_moe_thinker",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+        ),
         Family(
             "deepseek_ocr2",
             ("n_routed_experts",),

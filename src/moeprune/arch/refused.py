@@ -20,7 +20,6 @@ REFUSED: dict[str, str] = {
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "glm5_next": _VL.format("GLM-5-Next; its text model also has hybrid layers and clamped experts"),
     "hy_v4": (
         "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
         "which layer-by-layer pruning does not pass on"
@@ -32,7 +31,6 @@ REFUSED: dict[str, str] = {
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
     "openai_privacy_filter": "a token classifier (no causal-LM head) with gpt_oss-style experts; not handled yet",
     "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
-    "qwen3_omni_moe_thinker": _VL.format("Qwen3-Omni thinker"),
     "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
     "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
     "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
