@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
 
 from moeprune.arch import get_adapter, load_model, merge_experts, remove_experts
+from moeprune.arch.loading import _auto_class
 from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.streamed import StreamedSource
 from moeprune.data.calibration import calibration_batches
@@ -95,12 +95,13 @@ def test_prune_experts_rewrite_equals_the_in_memory_removal(family, tmp_path, mo
         prune_experts.run(model=tmp_path / "model", scores=scores, out=tmp_path / "pruned")
     assert watch.most_live == 1  # one decoder layer in memory at a time
     assert len(watch.keys) == len(set(watch.keys))  # every tensor read once
-    got = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
+    got = _auto_class(model.config).from_pretrained(tmp_path / "pruned").state_dict()  # VL wrappers: image-text
     expected = model.state_dict()
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    config = config.get("text_config", config)  # a vision-language wrapper's language model
     assert [config[f] for f in adapter.family.count_fields if f in config] == [
         len(keep[first.index]) for f in adapter.family.count_fields if f in config
     ]
@@ -212,3 +213,13 @@ def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(t
     record = evaluate_stage.run(model=tmp_path / "lm", task=f"perplexity:{text}", out=tmp_path / "p.json")
     streamed_on_its_own = {k: v for k, v in record.items() if k != "seconds"}
     assert streamed_on_its_own == {k: v for k, v in in_memory.items() if k != "seconds"}  # figures included
+
+
+def test_inspect_reads_no_weights(scoring_inputs, monkeypatch):
+    from moeprune.stages import inspect as inspect_stage
+
+    expected = inspect_stage.describe(scoring_inputs["model"])
+    watch = _Watch(monkeypatch)
+    assert inspect_stage.describe(scoring_inputs["model"]) == expected
+    assert watch.keys == [] and expected["experts_per_layer"] == {"0": 8, "1": 8}
+    assert expected["params_total"] == sum(p.numel() for p in tiny_moe_model("qwen3_moe").parameters())

@@ -1,18 +1,22 @@
-"""Stage `inspect`: what moeprune sees in a model directory (family, MoE layers, experts, parameters)."""
+"""Stage `inspect`: what moeprune sees in a model directory (family, MoE layers, experts, parameters).
+
+Everything comes from the config and the tensor shapes: the checkpoint is opened streamed and no weight
+is read, whatever its size.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from moeprune.arch import get_adapter, load_model
+from moeprune.checkpoint.source import open_model
 from moeprune.lineage import read_lineage
 
 
 def describe(model_dir: Path) -> dict[str, Any]:
     """A JSON-able description of the MoE structure and parameter counts of a model directory."""
-    model = load_model(model_dir)
-    adapter = get_adapter(model)
+    source = open_model(model_dir, streaming=True)
+    model, adapter = source.model, source.adapter
     first = adapter.layers[0]
     params_total = sum(p.numel() for p in model.parameters())
     per_expert = first.expert_param_count()
