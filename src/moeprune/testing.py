@@ -466,6 +466,17 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 linear_num_heads=4,
             ),
         ),
+        "openai_privacy_filter": (
+            "OpenAIPrivacyFilterConfig",
+            dict(
+                intermediate_size=24,
+                num_local_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+                num_labels=5,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -766,6 +777,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "dots3_note",
     "qwen3_omni_moe_thinker",
     "glm5_next",
+    "openai_privacy_filter",
 )
 
 

@@ -250,7 +250,9 @@ class MoEAdapter:
             if not numbers:
                 continue
             block = model.get_submodule(block_path)
-            decoder_layer = model.get_submodule(block_path.rsplit(".", 1)[0]) if "." in block_path else None
+            parent = model.get_submodule(block_path.rsplit(".", 1)[0]) if "." in block_path else None
+            # Gemma 4 keeps router and experts in the decoder layer itself (beside a dense MLP): the block is the layer.
+            decoder_layer = block if isinstance(parent, nn.ModuleList) else parent
             found.append(
                 MoELayer(int(numbers[-1]), block_path, block, None, module, None, decoder_layer)  # type: ignore[arg-type]
             )
@@ -270,7 +272,7 @@ class MoEAdapter:
     @cached_property
     def decoder_layers(self) -> nn.ModuleList:
         """The model's list of decoder (or encoder) blocks, which holds every MoE block."""
-        path = self.layers[0].path
+        path = f"{self.layers[0].path}."
         list_path = path[: path.rfind(f".{self.layers[0].index}.")]
         return self.model.get_submodule(list_path)
 

@@ -287,6 +287,13 @@ FAMILIES: dict[str, Family] = {
         _v3_like("mistral4"),
         _v3_like("dots3_note"),
         _v3_like("glm5_next"),
+        # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
+        Family(
+            "openai_privacy_filter",
+            ("num_local_experts",),
+            router_attr="router",
+            gate="top-k logits (+ router bias) -> softmax",
+        ),
         Family(
             "qwen3_omni_moe_thinker",
             ("num_experts",),

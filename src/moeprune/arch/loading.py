@@ -103,6 +103,11 @@ def _auto_class(config):
         # A vision-language wrapper around an MoE language model: loaded whole (AutoModelForCausalLM would
         # drop the vision tower of e.g. qwen3_5_moe), its language model's MoE layers pruned.
         return AutoModelForImageTextToText
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        from transformers import AutoModelForTokenClassification
+
+        if type(config) in AutoModelForTokenClassification._model_mapping:
+            return AutoModelForTokenClassification  # an MoE token classifier (openai_privacy_filter)
     return AutoModelForCausalLM
 
 

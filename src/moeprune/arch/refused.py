@@ -29,7 +29,6 @@ REFUSED: dict[str, str] = {
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "inkling_text": _HYBRID.format("short conv / mamba"),
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
-    "openai_privacy_filter": "a token classifier (no causal-LM head) with gpt_oss-style experts; not handled yet",
     "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
     "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
     "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),

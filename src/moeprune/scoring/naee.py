@@ -142,20 +142,39 @@ def count_keep_sets(ranges: list[range], keep: int) -> int:
 
 
 class BlockInputRecorder:
-    """Records the input `[T, H]` of one MoE block while its decoder layer runs (a forward pre-hook)."""
+    """Records, while its decoder layer runs, what one MoE block's router and routed experts read: `[T, H]` each.
+
+    Both are the block's input in most families; Gemma 4's router reads the layer's residual stream and its
+    experts a normalised copy (forward pre-hooks on both modules).
+    """
 
     def __init__(self, layer: MoELayer):
-        self.parts: list[Tensor] = []
-        self.handle = layer.block.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.router_parts: list[Tensor] = []
+        self.expert_parts: list[Tensor] = []
+        self.handles = [
+            layer.router.register_forward_pre_hook(self._hook(self.router_parts), with_kwargs=True),
+            layer.experts.register_forward_pre_hook(self._hook(self.expert_parts), with_kwargs=True),
+        ]
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.parts.append(hidden.detach().reshape(-1, hidden.shape[-1]))
+    @staticmethod
+    def _hook(into: list[Tensor]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            into.append(hidden.detach().reshape(-1, hidden.shape[-1]))
 
-    def finish(self) -> Tensor:
-        """Remove the hook; the recorded inputs of every batch, concatenated."""
-        self.handle.remove()
-        return torch.cat(self.parts)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def finish(self) -> tuple[Tensor, Tensor]:
+        """Remove the hooks; the router's and the experts' recorded inputs of every batch, concatenated
+        (one tensor, twice, where they are equal)."""
+        self.remove()
+        router, experts = torch.cat(self.router_parts), torch.cat(self.expert_parts)
+        self.router_parts, self.expert_parts = [], []
+        return (router, router) if torch.equal(router, experts) else (router, experts)
 
 
 def _mixture(outputs: Tensor, index: Tensor, weights: Tensor) -> Tensor:
@@ -169,8 +188,14 @@ def _all_expert_outputs(layer: MoELayer, hidden: Tensor) -> Tensor:
     return torch.stack([layer.run_expert(e, hidden) for e in range(layer.num_experts)], dim=1).double()
 
 
-def enumerate_losses(layer: MoELayer, hidden: Tensor, candidates: list[tuple[int, ...]]) -> Tensor:
-    """loss(K) = ||Z - Z_K||_F over all tokens of `hidden [T, H]` for every K in `candidates`: `[C]` float64."""
+def enumerate_losses(
+    layer: MoELayer, hidden: Tensor, candidates: list[tuple[int, ...]], expert_hidden: Tensor | None = None
+) -> Tensor:
+    """loss(K) = ||Z - Z_K||_F over all tokens of `hidden [T, H]` for every K in `candidates`: `[C]` float64.
+
+    `hidden` is what the router reads; `expert_hidden` what the routed experts read, when it differs.
+    """
+    expert_hidden = hidden if expert_hidden is None else expert_hidden
     device = layer.router_weight.device
     dtype = layer.router_weight.dtype
     slicer = SlicedRouter(layer.router, layer.num_experts)
@@ -180,7 +205,8 @@ def enumerate_losses(layer: MoELayer, hidden: Tensor, candidates: list[tuple[int
     with torch.no_grad():
         for start in range(0, hidden.shape[0], chunk):
             x = hidden[start : start + chunk].to(device=device, dtype=dtype)
-            outputs = _all_expert_outputs(layer, x)  # [t, E, H]
+            xe = x if expert_hidden is hidden else expert_hidden[start : start + chunk].to(device=device, dtype=dtype)
+            outputs = _all_expert_outputs(layer, xe)  # [t, E, H]
             _, weights, index = layer.route(x)
             routed = _mixture(outputs, index, weights)  # R: the full model's routed mixture
             for n, keep in enumerate(keep_tensors):
@@ -239,7 +265,8 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
             return
         layer = moe[index]
         candidates = keep_sets(plans[index], ctx.keep_count(layer))
-        losses = enumerate_losses(layer, recorders.pop(index).finish(), candidates)
+        recorded = recorders.pop(index).finish()
+        losses = enumerate_losses(layer, recorded[0], candidates, recorded[1])
         best = int(torch.argmin(losses))  # ties: the first keep-set in lexicographic order
         result[index] = LayerScores(expert_scores(layer.num_experts, candidates, losses), list(candidates[best]))
         details[str(index)] = {"keep_sets": len(candidates), "best_loss": float(losses[best])}
@@ -271,7 +298,7 @@ def score_naee(ctx: ScoringContext) -> dict[int, LayerScores]:
     finally:
         restriction.close()
         for recorder in recorders.values():
-            recorder.handle.remove()
+            recorder.remove()
     ctx.forward_passes += 2 if progressive else 1
     ctx.extra["naee"] = {"block_evaluations": sum(d["keep_sets"] for d in details.values()), "layers": details}
     return result
