@@ -477,6 +477,25 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
         ),
+        "gemma4_text": (
+            "Gemma4TextConfig",
+            dict(
+                intermediate_size=48,
+                head_dim=8,
+                sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
+                rope_parameters={
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                    "full_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                },
+                hidden_size_per_layer_input=8,
+                vocab_size_per_layer_input=128,
+                enable_moe_block=True,
+                num_experts=num_experts,
+                top_k_experts=top_k,
+                moe_intermediate_size=24,
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -778,6 +797,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "qwen3_omni_moe_thinker",
     "glm5_next",
     "openai_privacy_filter",
+    "gemma4_text",
 )
 
 

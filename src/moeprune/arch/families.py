@@ -287,6 +287,16 @@ FAMILIES: dict[str, Family] = {
         _v3_like("mistral4"),
         _v3_like("dots3_note"),
         _v3_like("glm5_next"),
+        # Router and experts in the decoder layer itself, beside a dense MLP: the "block" is the layer; the
+        # router reads the residual stream, the experts a normalised copy.
+        Family(
+            "gemma4_text",
+            ("num_experts",),
+            top_k_fields=("top_k_experts",),
+            router_attr="router",
+            router_weight="proj.weight",
+            gate="softmax -> top-k -> renormalise, per-expert scale",
+        ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(
             "openai_privacy_filter",

@@ -19,7 +19,6 @@ REFUSED: dict[str, str] = {
     "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
-    "gemma4_text": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "hy_v4": (
         "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
         "which layer-by-layer pruning does not pass on"
