@@ -523,6 +523,16 @@ _SMALL_LM = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
+_SMALL_GEMMA4_VISION = dict(
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=8,
+    patch_size=4,
+    position_embedding_size=64,
+)
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 _MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
 # Vision-language wrappers: (config class, text family whose tiny config the language model reuses,
@@ -702,6 +712,7 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
             )
         ),
     ),
+    "gemma4": ("Gemma4Config", "gemma4_text", {}, dict(vision_config=_SMALL_GEMMA4_VISION)),
 }
 
 
@@ -798,6 +809,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "glm5_next",
     "openai_privacy_filter",
     "gemma4_text",
+    "gemma4",
 )
 
 

@@ -297,6 +297,14 @@ FAMILIES: dict[str, Family] = {
             router_weight="proj.weight",
             gate="softmax -> top-k -> renormalise, per-expert scale",
         ),
+        Family(
+            "gemma4",
+            ("num_experts",),
+            top_k_fields=("top_k_experts",),
+            router_attr="router",
+            router_weight="proj.weight",
+            gate="softmax -> top-k -> renormalise, per-expert scale",
+        ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(
             "openai_privacy_filter",

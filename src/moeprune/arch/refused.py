@@ -16,9 +16,10 @@ _NO_ENTRY = "{}; no family entry or round-trip test yet"
 
 REFUSED: dict[str, str] = {
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
-    "diffusion_gemma": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
+    "diffusion_gemma": (
+        "block diffusion: an encoder and a decoder stack, both with MoE layers (their indices collide); not handled yet"
+    ),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
-    "gemma4": "router and experts sit in the decoder layer beside a dense MLP (no MoE block); not handled yet",
     "hy_v4": (
         "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
         "which layer-by-layer pruning does not pass on"
