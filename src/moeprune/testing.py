@@ -496,6 +496,24 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 moe_intermediate_size=24,
             ),
         ),
+        "qwen4_exp_text": (
+            "Qwen4ExpTextConfig",
+            dict(
+                _gated_delta_net(num_experts),
+                layer_types=["linear_attention", "indexed_attention"],
+                hc_count=2,
+                hc_lowrank=8,
+                ple_embed_dim=16,
+                heads_per_ngram=2,
+                ngram_vocab_size_base=64,
+                split_ngram_parts=4,
+                indexer_n_heads=2,
+                indexer_kv_heads=1,
+                indexer_head_dim=8,
+                indexer_budget=64,
+                indexer_compress_ratio=2,
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -713,6 +731,16 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
         ),
     ),
     "gemma4": ("Gemma4Config", "gemma4_text", {}, dict(vision_config=_SMALL_GEMMA4_VISION)),
+    "qwen4_exp": (
+        "Qwen4ExpConfig",
+        "qwen4_exp_text",
+        dict(rope_parameters={**_MROPE, "partial_rotary_factor": 1.0}),
+        dict(
+            vision_config=dict(
+                _SMALL_VIT, out_hidden_size=32, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16
+            )
+        ),
+    ),
 }
 
 
@@ -810,6 +838,8 @@ FAMILIES_WITH_TINY_MODELS = (
     "openai_privacy_filter",
     "gemma4_text",
     "gemma4",
+    "qwen4_exp_text",
+    "qwen4_exp",
 )
 
 

@@ -279,6 +279,13 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_experts",),
         ),
         _v3_like("dots3_note_text"),
+        Family(
+            "qwen4_exp_text",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+            shared_attrs=("shared_expert", "shared_expert_gate"),
+        ),
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
         Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
@@ -304,6 +311,13 @@ FAMILIES: dict[str, Family] = {
             router_attr="router",
             router_weight="proj.weight",
             gate="softmax -> top-k -> renormalise, per-expert scale",
+        ),
+        Family(
+            "qwen4_exp",
+            ("num_experts",),
+            gate="softmax -> top-k (renormalise if norm_topk_prob)",
+            renormalises=_norm_topk_prob,
+            shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(

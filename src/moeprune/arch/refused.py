@@ -30,8 +30,6 @@ REFUSED: dict[str, str] = {
     "inkling_text": _HYBRID.format("short conv / mamba"),
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
     "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
-    "qwen4_exp": _VL.format("Qwen4-Exp; its text model also has hybrid gated-delta-net layers"),
-    "qwen4_exp_text": _HYBRID.format("gated delta net linear attention"),
     "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
 }
 
