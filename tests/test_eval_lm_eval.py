@@ -141,8 +141,8 @@ def test_promotion_accepts_an_lm_eval_metric():
 
 
 def test_report_tabulates_lm_eval_metrics():
-    from moeprune.report import Row, detect_metrics, is_percent
-    from moeprune.report_markdown import metric_value
+    from moeprune.report.markdown import metric_value
+    from moeprune.report.rows import Row, detect_metrics, is_percent
 
     values = {"my_mc.acc": 0.5, "my_mc.acc_stderr": 0.1, "my_mc.n": 4.0, "my_gen.exact_match.last-number": 0.25}
     rows = [Row(group="m", label="base", kind="base", column=0.0, values={**values, "total_sparsity": 0.0})]

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))  # flows/ lives beside src/
 
 from flows.study_plan import Layout, requested, spec_record, study_points, study_specs  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
-from moeprune.report import Cell, Group, Row, aggregate, comparison_rows, missing_requests, pareto_front  # noqa: E402
-from moeprune.report_markdown import percent  # noqa: E402
+from moeprune.report.markdown import percent  # noqa: E402
+from moeprune.report.rows import Cell, Group, Row, aggregate, comparison_rows, missing_requests, pareto_front  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -20,7 +20,9 @@ from typing import Any
 from moeprune.config import load_params
 from moeprune.io_utils import atomic_dir
 from moeprune.outputs import claim_output
-from moeprune.report import (
+from moeprune.report.markdown import render
+from moeprune.report.plots import write_group_plots
+from moeprune.report.rows import (
     Group,
     aggregate,
     comparison_rows,
@@ -32,9 +34,7 @@ from moeprune.report import (
     read_study,
     scoring_costs,
 )
-from moeprune.report_markdown import render
-from moeprune.report_plots import write_group_plots
-from moeprune.report_testbed import copy_heatmaps, read_testbed
+from moeprune.report.testbed import copy_heatmaps, read_testbed
 
 REPORT_FILE = "report.md"
 DATA_FILE = "report.json"

@@ -8,8 +8,8 @@ Two sources, one shape of row:
   file only says which version belongs to which point, with the commands that made it and the cost of
   its scoring method).
 
-`aggregate` turns rows into mean / spread over seeds per (method, sparsity); `moeprune.report_markdown`
-and `moeprune.report_plots` turn those into markdown and PNG files (`stages/report.py` writes them).
+`aggregate` turns rows into mean / spread over seeds per (method, sparsity); `moeprune.report.markdown`
+and `moeprune.report.plots` turn those into markdown and PNG files (`stages/report.py` writes them).
 """
 
 from __future__ import annotations

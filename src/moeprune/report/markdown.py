@@ -1,6 +1,6 @@
 """Markdown for the results report: one section per study (or registered model), then the appendix.
 
-Every number comes from `moeprune.report` rows (registered versions); every table and figure is
+Every number comes from `moeprune.report.rows` (registered versions); every table and figure is
 followed by the command that reproduces it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from moeprune.report import (
+from moeprune.report.rows import (
     Cell,
     Group,
     aggregate,
@@ -23,7 +23,7 @@ from moeprune.report import (
     scoring_costs,
     sparsity_of,
 )
-from moeprune.report_testbed import read_testbed, testbed_lines
+from moeprune.report.testbed import read_testbed, testbed_lines
 
 SHORT_NAMES = {
     "imagenet.top1": "top-1",

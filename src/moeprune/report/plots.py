@@ -10,7 +10,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from moeprune.report import (
+from moeprune.report.rows import (
     Group,
     aggregate,
     configuration_points,
