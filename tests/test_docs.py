@@ -140,3 +140,17 @@ def test_readme_lists_the_docs():
     readme = (ROOT / "README.md").read_text()
     for name in DOCS:
         assert f"(docs/{name})" in readme, f"README.md does not link docs/{name}"
+
+
+def test_readme_layout_names_every_folder_and_module():
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout") : text.index("## Documentation")]
+    package = ROOT / "src" / "moeprune"
+    folders = [f"src/moeprune/{d.name}/" for d in package.iterdir() if (d / "__init__.py").is_file()]
+    modules = [f"`{m.name}`" for m in package.glob("*.py") if m.name != "__init__.py"]
+    project_files()  # skips outside a git checkout
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tracked = {name.split("/")[0] for name in listed.splitlines() if "/" in name}
+    top = [f"{name}/" for name in tracked if name not in ("src", ".dvc")]
+    missing = [name for name in folders + modules + top if name not in layout]
+    assert not missing, f"README 'Layout' does not name {missing}"
