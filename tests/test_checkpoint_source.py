@@ -252,10 +252,3 @@ def test_a_streamed_skeleton_captures_what_the_loaded_model_does(saved):
                 assert torch.equal(value, other), (index, name)
             elif isinstance(value, tuple):
                 assert all(torch.equal(a, b) for a, b in zip(value, other, strict=True)), (index, name)
-
-
-def test_layers_that_read_another_layers_outputs_are_refused_in_one_line():
-    model = tiny_moe_model("mixtral")
-    model.config.indexer_types = ["full", "shared"]
-    with pytest.raises(MoepruneError, match="^this model's 'shared' indexer layers reuse"):
-        layerwise.run(InMemorySource(model), [{"input_ids": torch.tensor([[3, 4]])}], lambda *_: None)

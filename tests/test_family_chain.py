@@ -93,11 +93,14 @@ def test_cli_chain(family, tmp_path):
     auto.from_pretrained(tmp_path / "sparse")(torch.tensor([[5, 6, 7]]))
 
 
-def test_shared_indexer_refusal_is_accurate():
-    """hy_v4 stays refused: its 'shared' indexer layers read an earlier layer's top-k indices."""
-    from transformers import CONFIG_MAPPING
+def test_layer_by_layer_passes_a_layers_other_outputs_on():
+    """hy_v4's 'shared' indexer layers receive the previous layer's top-k indices in layerwise.run too."""
+    from moeprune.checkpoint.source import InMemorySource
 
-    assert "shared" in CONFIG_MAPPING["hy_v4"]().indexer_types
+    model = tiny_moe_model("hy_v4")
+    assert "shared" in model.config.indexer_types
+    captured = InMemorySource(model).capture([{"input_ids": torch.tensor([[3, 4, 5]])}])
+    assert set(captured.wanted_outputs()) == {(0, 1), (1, 1), (2, 1)}
 
 
 def _block_inputs(model, ids):

@@ -74,14 +74,35 @@ class CapturedInputs:
     args: dict[int, list[tuple]] = field(default_factory=dict)
     kwargs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def block(self, index: int, hidden: list[torch.Tensor]) -> BlockInputs:
-        """Block `index`'s inputs, with `hidden` (the previous block's outputs) as its hidden states."""
+    def wanted_outputs(self) -> dict[tuple[int, int], int]:
+        """(layer, position) of every output another layer receives (`LayerOutput` markers) -> its last receiver."""
+        wanted: dict[tuple[int, int], int] = {}
+        for index in sorted(self.kwargs):
+            for per_batch in (*self.args.get(index, []), *self.kwargs[index]):
+                for value in per_batch.values() if isinstance(per_batch, dict) else per_batch:
+                    if isinstance(value, LayerOutput):
+                        wanted[(value.layer, value.position)] = index
+        return wanted
+
+    def block(
+        self, index: int, hidden: list[torch.Tensor], outputs: dict[tuple[int, int], list[Any]] | None = None
+    ) -> BlockInputs:
+        """Block `index`'s inputs, with `hidden` (the previous block's outputs) as its hidden states and the
+        earlier layers' `outputs` ((layer, position) -> per batch) in place of their markers."""
         if index not in self.kwargs:
             raise MoepruneError(
                 f"the model's forward did not call decoder layer {index}; layer-by-layer processing needs "
                 "every layer of its layer list to run"
             )
-        return BlockInputs(hidden, self.args[index], self.kwargs[index])
+        args, kwargs = self.args[index], self.kwargs[index]
+        if outputs:
+
+            def real(value: Any, batch: int) -> Any:
+                return outputs[(value.layer, value.position)][batch] if isinstance(value, LayerOutput) else value
+
+            args = [tuple(real(v, b) for v in per_batch) for b, per_batch in enumerate(args)]
+            kwargs = [{k: real(v, b) for k, v in per_batch.items()} for b, per_batch in enumerate(kwargs)]
+        return BlockInputs(hidden, args, kwargs)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
@@ -126,7 +147,20 @@ class Passthrough(nn.Module):
         hidden = args[0] if args else kwargs["hidden_states"]
         hidden = hidden if self.output is None else self.output
         arity = _output_arity(type(object.__getattribute__(self, "_layer")))
-        return hidden if arity == 0 else (hidden, *[None] * (arity - 1))
+        if arity == 0:
+            return hidden
+        # While recording, the layer's other outputs are markers: a later layer that receives one (GLM-MoE-DSA's
+        # and HY-V4's top-k indices) gets the real output of this layer in `run`.
+        extras = [LayerOutput(self.index, p) if on_call is not None else None for p in range(1, arity)]
+        return (hidden, *extras)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerOutput:
+    """Marks output `position` of decoder layer `layer` where the model's loop hands it to a later layer."""
+
+    layer: int
+    position: int
 
 
 @functools.cache
@@ -206,13 +240,22 @@ def capture_block_inputs(
     return captured
 
 
-def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-    """Outputs (hidden states) of `block` for every batch of `inputs`."""
+def run_block(
+    block: nn.Module,
+    inputs: BlockInputs,
+    keep: dict[tuple[int, int], list[Any]] | None = None,
+    positions: set[int] | frozenset[int] = frozenset(),
+    index: int = -1,
+) -> list[torch.Tensor]:
+    """Outputs (hidden states) of `block` for every batch of `inputs`; its other outputs at `positions`
+    go to `keep[(index, position)]` (per batch) for the later layers that receive them."""
     outputs = []
     with torch.no_grad():
         for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
             out = block(hidden, *args, **kwargs)
             outputs.append(out[0] if isinstance(out, tuple) else out)
+            for position in positions:
+                keep.setdefault((index, position), []).append(out[position])  # type: ignore[union-attr]
     return outputs
 
 
@@ -241,17 +284,6 @@ class BlockSource(Protocol):
         ...
 
 
-def check_independent_layers(model: nn.Module) -> None:
-    """Refuse models whose layers read another layer's outputs (shared sparse-attention indexers)."""
-    config = getattr(model, "config", None)
-    config = getattr(config, "text_config", None) or config
-    if "shared" in (getattr(config, "indexer_types", None) or []):
-        raise MoepruneError(
-            "this model's 'shared' indexer layers reuse an earlier layer's top-k indices, which "
-            "layer-by-layer processing does not pass on; set every indexer_types entry to 'full' in config.json"
-        )
-
-
 def run(
     source: BlockSource,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -268,14 +300,17 @@ def run(
     Returns:
         The outputs of the last block for every batch.
     """
-    check_independent_layers(source.model)
     captured = source.capture(batches)
     hidden = captured.hidden
+    wanted = captured.wanted_outputs()  # outputs a later layer receives -> the last layer that does
+    outputs: dict[tuple[int, int], list[Any]] = {}
     for index in tqdm(range(source.num_blocks), desc=description, unit="layer", disable=None):
-        inputs = captured.block(index, hidden)
+        inputs = captured.block(index, hidden, outputs)
         with source.block(index) as block:
             on_block(index, block, inputs)
-            hidden = run_block(block, inputs)
+            hidden = run_block(block, inputs, outputs, {p for layer, p in wanted if layer == index}, index)
             if on_done is not None:
                 on_done(index, block)
+        for key in [key for key, last in wanted.items() if last == index]:
+            outputs.pop(key, None)
     return hidden

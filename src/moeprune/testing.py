@@ -514,6 +514,23 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 indexer_compress_ratio=2,
             ),
         ),
+        "hy_v4": (
+            "HYV4Config",
+            dict(
+                _v3_like(num_experts),
+                n_group=1,
+                topk_group=1,
+                **_mla(),
+                head_dim=8,
+                **dict(_indexer(), index_topk=8),
+                num_hidden_layers=4,
+                mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+                layer_types=["indexed_attention"] * 4,
+                indexer_types=["full", "shared", "full", "shared"],
+                hc_mult=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -840,6 +857,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "gemma4",
     "qwen4_exp_text",
     "qwen4_exp",
+    "hy_v4",
 )
 
 

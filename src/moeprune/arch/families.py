@@ -286,6 +286,8 @@ FAMILIES: dict[str, Family] = {
             renormalises=_norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
+        # 'shared' indexer layers reuse the previous layer's top-k indices (layerwise passes them on).
+        _v3_like("hy_v4", group_routing=_n_group_set),
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
         Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),

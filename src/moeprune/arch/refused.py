@@ -20,10 +20,6 @@ REFUSED: dict[str, str] = {
         "block diffusion: an encoder and a decoder stack, both with MoE layers (their indices collide); not handled yet"
     ),
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
-    "hy_v4": (
-        "its 'shared' sparse-attention indexer layers reuse an earlier layer's top-k indices, "
-        "which layer-by-layer pruning does not pass on"
-    ),
     "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
     "inkling2_text": _HYBRID.format("short conv / mamba"),
     "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
