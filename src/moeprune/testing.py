@@ -531,6 +531,26 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
         ),
+        "inkling_text": (
+            "InklingTextConfig",
+            dict(
+                intermediate_size=64,
+                moe_intermediate_size=24,
+                n_routed_experts=num_experts,
+                n_shared_experts=1,
+                head_dim=8,
+                swa_num_attention_heads=4,
+                swa_num_key_value_heads=2,
+                swa_head_dim=8,
+                sliding_window_size=16,
+                d_rel=4,
+                rel_extent=16,
+                num_hidden_layers=3,
+                layer_types=["hybrid_sliding", "hybrid", "hybrid_sliding"],
+                mlp_layer_types=["dense", "sparse", "sparse"],
+                logits_mup_width_multiplier=1.0,
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -858,6 +878,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "qwen4_exp_text",
     "qwen4_exp",
     "hy_v4",
+    "inkling_text",
 )
 
 

@@ -63,6 +63,7 @@ class MoELayer:
     experts: nn.Module
     family: Family
     decoder_layer: nn.Module | None = None
+    extra_rows: int = 0  # router rows after the routed experts' (`Family.router_extra_rows`)
 
     @property
     def num_experts(self) -> int:
@@ -74,8 +75,9 @@ class MoELayer:
 
     @property
     def router_weight(self) -> torch.Tensor:
-        """Router rows, one per expert: `[E, H]`."""
-        return _tensor_at(self.router, self.family.router_weight)
+        """Router rows, one per expert: `[E, H]` (rows after the routed experts' left out)."""
+        rows = _tensor_at(self.router, self.family.router_weight)
+        return rows[: rows.shape[0] - self.extra_rows] if self.extra_rows else rows
 
     @property
     def router_inputs(self) -> dict[str, torch.Tensor]:
@@ -142,7 +144,7 @@ class MoELayer:
         if keep is not None:
             inputs = [tensor.index_select(-1, keep.to(tensor.device)) for tensor in inputs]
         router = self.router if router is None else router
-        logits, weights, index = router(flat[None] if self.family.router_takes_batch else flat, *inputs)
+        logits, weights, index = router(flat[None] if self.family.router_takes_batch else flat, *inputs)[:3]
         return logits.reshape(flat.shape[0], -1), weights.reshape(flat.shape[0], -1), index.reshape(flat.shape[0], -1)
 
     def expert_weights(self, expert: int) -> dict[str, torch.Tensor]:
@@ -212,8 +214,17 @@ class MoEAdapter:
             reason = refusal(model_type) or f"no entry in arch/families.py (covered: {covered_families()})"
             raise not_covered_error(model_type, reason)
         self.family = family
+        # Stacked shared experts (Inkling's) look like routed ones: keep the routed experts only.
+        shared = {
+            id(module)
+            for layer in self.layers
+            for name in family.shared_attrs
+            if (module := getattr(layer.block, name, None)) is not None
+        }
+        self.layers = [layer for layer in self.layers if id(layer.experts) not in shared]
         for layer in self.layers:
             layer.family = family
+            layer.extra_rows = int(family.router_extra_rows(self.config))
             layer.router = self._find_router(layer.block, family)
             up = layer.up_param
             if up.shape[1 if layer.is_transposed else 2] != layer.router_weight.shape[-1]:

@@ -38,6 +38,8 @@ class Family:
         router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
             the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
         router_takes_batch: the router reads hidden states `[B, T, H]` (AFMoE), not `[T, H]`.
+        router_extra_rows: how many router rows follow the routed experts' (Inkling's shared-expert gates);
+            removal and naee keep them, after the kept experts' rows.
         gate: a short description of the gate function, for `inspect` and model cards.
         renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
             did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
@@ -55,6 +57,7 @@ class Family:
     router_weight: str = "weight"
     router_inputs: tuple[str, ...] = ()
     router_takes_batch: bool = False
+    router_extra_rows: Callable[[PretrainedConfig], int] = lambda _: 0
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
     shared_attrs: tuple[str, ...] = ()
@@ -80,6 +83,10 @@ def _v3_like(name: str, count_fields: tuple[str, ...] = ("n_routed_experts",), *
         min_per_group=2,
     )
     return Family(name, count_fields, **{**defaults, **facts})
+
+
+def _n_shared_experts(config: PretrainedConfig) -> int:
+    return int(getattr(config, "n_shared_experts", 0) or 0)
 
 
 def _deepseek_v2_groups(config: PretrainedConfig) -> bool:
@@ -288,6 +295,15 @@ FAMILIES: dict[str, Family] = {
         ),
         # 'shared' indexer layers reuse the previous layer's top-k indices (layerwise passes them on).
         _v3_like("hy_v4", group_routing=_n_group_set),
+        # The router also scores the shared experts (rows after the routed ones); their gates are normalised
+        # with the chosen routed experts'.
+        Family(
+            "inkling_text",
+            ("n_routed_experts",),
+            router_extra_rows=_n_shared_experts,
+            gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
+            shared_attrs=("shared_experts",),
+        ),
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
         Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),

@@ -77,18 +77,22 @@ def _check_groups(adapter: MoEAdapter, layer: MoELayer, kept: list[int]) -> None
         )
 
 
-def _per_expert_slots(layer: MoELayer) -> list[tuple[nn.Module, str, int]]:
-    """(module, tensor name, expert dimension) of every stacked expert tensor and router tensor of `layer`."""
+def _per_expert_slots(layer: MoELayer) -> list[tuple[nn.Module, str, int, bool]]:
+    """(module, tensor name, expert dimension, has the extra router rows) of every stacked expert tensor and
+    router tensor of `layer`."""
     slots = []
     count = layer.num_experts
+    extended = count + layer.extra_rows
     for module in (layer.experts, *layer.router.modules()):
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             # A per-expert bias may be stored [1, E] (Ernie's correction bias); every other tensor is [E, ...].
             dim = 1 if tensor.dim() == 2 and tensor.shape[0] == 1 and tensor.shape[1] == count else 0
             if tensor.dim() > dim and tensor.shape[dim] == count:
-                slots.append((module, name, dim))
+                slots.append((module, name, dim, False))
+            elif module is not layer.experts and layer.extra_rows and tensor.dim() > 0 and tensor.shape[0] == extended:
+                slots.append((module, name, 0, True))  # routed rows, then the extra ones (kept)
     for name, tensor in layer.router_inputs.items():  # block-level biases the block hands its router
-        slots.append((layer.block, name, 1 if tensor.dim() == 2 and tensor.shape[0] == 1 else 0))
+        slots.append((layer.block, name, 1 if tensor.dim() == 2 and tensor.shape[0] == 1 else 0, False))
     return slots
 
 
@@ -104,16 +108,17 @@ def _slice_rows(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> 
 def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
     old = layer.num_experts
     index = torch.tensor(kept, dtype=torch.long)
-    for module, name, dim in _per_expert_slots(layer):  # listed before any slicing changes the count
-        _slice_rows(module, name, index, dim)
+    extended = torch.tensor([*kept, *range(old, old + layer.extra_rows)], dtype=torch.long)
+    for module, name, dim, has_extra in _per_expert_slots(layer):  # listed before any slicing changes the count
+        _slice_rows(module, name, extended if has_extra else index, dim)
     new = len(kept)
     for module in layer.block.modules():
         for attr in _COUNT_ATTRS:
             if getattr(module, attr, None) == old and not isinstance(getattr(module, attr), torch.Tensor):
                 setattr(module, attr, new)
     for module in layer.router.modules():  # a Linear router, or the Linear a router wraps
-        if isinstance(module, nn.Linear) and module.out_features == old:
-            module.out_features = new
+        if isinstance(module, nn.Linear) and module.out_features in (old, old + layer.extra_rows):
+            module.out_features = module.out_features - old + new
 
 
 def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> None:
@@ -131,7 +136,7 @@ def merge_experts(model: nn.Module, merges: dict[int, dict[int, list[int]]]) -> 
         layer = layers[index]
         _check_merges(layer, groups)
         with torch.no_grad():
-            for module, name, dim in _per_expert_slots(layer):
+            for module, name, dim, _ in _per_expert_slots(layer):  # merged rows are routed ones
                 tensor = getattr(module, name)
                 for kept, members in groups.items():
                     rows = tensor.index_select(dim, torch.tensor(members, device=tensor.device))

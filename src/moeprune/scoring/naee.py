@@ -50,20 +50,27 @@ _TOP_K_ATTRS = ("top_k", "num_experts_per_tok")
 class SlicedRouter:
     """A copy of a router that can be restricted to a subset K of the experts (as after removal)."""
 
-    def __init__(self, router: nn.Module, num_experts: int):
+    def __init__(self, router: nn.Module, num_experts: int, extra_rows: int = 0):
         self.clone = copy.deepcopy(router)
         self.num_experts = num_experts
-        self.tensors = []  # (module, name, original tensor, dim, is parameter)
+        self.extra_rows = extra_rows  # rows after the routed experts' (`Family.router_extra_rows`), always kept
+        self.tensors = []  # (module, name, original tensor, dim, is parameter, has the extra rows)
         for module in self.clone.modules():
             for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
                 if tensor is None:
                     continue
                 dim = 1 if name == "e_score_correction_bias" and tensor.dim() == 2 else 0
                 if tensor.dim() > dim and tensor.shape[dim] == num_experts:
-                    self.tensors.append((module, name, tensor.detach(), dim, name in module._parameters))
+                    self.tensors.append((module, name, tensor.detach(), dim, name in module._parameters, False))
+                elif extra_rows and tensor.dim() > 0 and tensor.shape[0] == num_experts + extra_rows:
+                    self.tensors.append((module, name, tensor.detach(), 0, name in module._parameters, True))
         self.top_k = [(m, a, getattr(m, a)) for m, a in self._int_attrs(_TOP_K_ATTRS, None)]
         self.counts = [(m, a) for m, a in self._int_attrs(_COUNT_ATTRS, num_experts)]
-        self.linears = [m for m in self.clone.modules() if isinstance(m, nn.Linear) and m.out_features == num_experts]
+        self.linears = [
+            m
+            for m in self.clone.modules()
+            if isinstance(m, nn.Linear) and m.out_features in (num_experts, num_experts + extra_rows)
+        ]
 
     def _int_attrs(self, names: tuple[str, ...], equal_to: int | None) -> list[tuple[nn.Module, str]]:
         found = []
@@ -77,8 +84,10 @@ class SlicedRouter:
     def restrict(self, keep: Tensor) -> nn.Module:
         """The router clone with only the experts `keep` (sorted indices); its indices are 0..len(keep)-1."""
         count = int(keep.numel())
-        for module, name, tensor, dim, is_parameter in self.tensors:
-            sliced = tensor.index_select(dim, keep.to(tensor.device))
+        extra = torch.arange(self.num_experts, self.num_experts + self.extra_rows, device=keep.device)
+        extended = torch.cat([keep, extra])
+        for module, name, tensor, dim, is_parameter, has_extra in self.tensors:
+            sliced = tensor.index_select(dim, (extended if has_extra else keep).to(tensor.device))
             if is_parameter:
                 module._parameters[name] = nn.Parameter(sliced, requires_grad=False)
             else:
@@ -86,7 +95,7 @@ class SlicedRouter:
         for module, attr in self.counts:
             setattr(module, attr, count)
         for module in self.linears:
-            module.out_features = count
+            module.out_features = count + (module.weight.shape[0] - count if self.extra_rows else 0)
         for module, attr, value in self.top_k:
             setattr(module, attr, min(value, count))
         return self.clone
@@ -109,10 +118,10 @@ class RestrictedRouter(nn.Module):
         """Called as the block calls its router; per-expert `router_inputs` (a block-level correction bias)
         arrive for every expert and are sliced to the keep-set."""
         sliced = [tensor.index_select(-1, self.keep.to(tensor.device)) for tensor in router_inputs]
-        logits_k, weights, index = self.inner(hidden, *sliced)
+        logits_k, weights, index, *rest = self.inner(hidden, *sliced)  # rest: Inkling's shared-expert gates
         logits = logits_k.new_full((*logits_k.shape[:-1], self.num_experts), float("-inf"))
         logits[..., self.keep] = logits_k
-        return logits, weights, self.keep[index]
+        return (logits, weights, self.keep[index], *rest)
 
 
 @contextlib.contextmanager
@@ -120,7 +129,8 @@ def routed_to(layer: MoELayer, keep: list[int]):
     """Inside the block, `layer`'s MoE block routes only to the experts `keep` (its router is swapped back after)."""
     name = next(name for name, child in layer.block.named_children() if child is layer.router)
     device = layer.router_weight.device
-    restricted = RestrictedRouter(SlicedRouter(layer.router, layer.num_experts), torch.tensor(keep, device=device))
+    slicer = SlicedRouter(layer.router, layer.num_experts, layer.extra_rows)
+    restricted = RestrictedRouter(slicer, torch.tensor(keep, device=device))
     setattr(layer.block, name, restricted)
     try:
         yield
@@ -198,7 +208,7 @@ def enumerate_losses(
     expert_hidden = hidden if expert_hidden is None else expert_hidden
     device = layer.router_weight.device
     dtype = layer.router_weight.dtype
-    slicer = SlicedRouter(layer.router, layer.num_experts)
+    slicer = SlicedRouter(layer.router, layer.num_experts, layer.extra_rows)
     keep_tensors = [torch.tensor(k, dtype=torch.long, device=device) for k in candidates]
     squared = torch.zeros(len(candidates), dtype=torch.float64)
     chunk = max(1, CHUNK_ELEMENTS // (layer.num_experts * hidden.shape[1]))
