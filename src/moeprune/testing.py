@@ -778,6 +778,15 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
             )
         ),
     ),
+    "inkling_mm_model": (
+        "InklingConfig",
+        "inkling_text",
+        {},
+        dict(
+            vision_config=dict(text_hidden_size=32, patch_size=4, hidden_size=16, n_layers=1, num_attention_heads=2),
+            audio_config=dict(text_hidden_size=32, n_mel_bins=8, mel_vocab_size=16),
+        ),
+    ),
 }
 
 
@@ -879,6 +888,7 @@ FAMILIES_WITH_TINY_MODELS = (
     "qwen4_exp",
     "hy_v4",
     "inkling_text",
+    "inkling_mm_model",
 )
 
 

@@ -337,6 +337,13 @@ FAMILIES: dict[str, Family] = {
             renormalises=_norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
+        Family(
+            "inkling_mm_model",
+            ("n_routed_experts",),
+            router_extra_rows=_n_shared_experts,
+            gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
+            shared_attrs=("shared_experts",),
+        ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(
             "openai_privacy_filter",

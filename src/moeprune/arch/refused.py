@@ -22,7 +22,6 @@ REFUSED: dict[str, str] = {
     "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
     "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
     "inkling2_text": _HYBRID.format("short conv / mamba"),
-    "inkling_mm_model": _VL.format("Inkling; its text model also has hybrid short-conv layers"),
     "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
     "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
     "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
