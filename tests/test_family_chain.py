@@ -118,8 +118,22 @@ def _block_inputs(model, ids):
 
 
 ROUTER_ARGUMENT_FAMILIES = [
-    name for name in FAMILIES_WITH_TINY_MODELS if FAMILIES[name].router_inputs or FAMILIES[name].router_takes_batch
+    name
+    for name in FAMILIES_WITH_TINY_MODELS
+    if (FAMILIES[name].router_inputs or FAMILIES[name].router_takes_batch) and not FAMILIES[name].naee_refusal
 ]
+NAEE_REFUSED = [name for name in FAMILIES_WITH_TINY_MODELS if FAMILIES[name].naee_refusal]
+
+
+@pytest.mark.parametrize("family", NAEE_REFUSED)
+def test_naee_refuses_a_family_it_cannot_restrict_in_one_line(family, tmp_path):
+    tiny_moe_model(family).save_pretrained(tmp_path / "model")
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input_ids": torch.randint(3, 128, (2, 8))}, calib)
+    args = ["score", "--model", tmp_path / "model", "--method", "naee", "--calib", calib, "--expert-sparsity", "0.5"]
+    result = runner.invoke(app, [str(arg) for arg in [*args, "--out", tmp_path / "s.json"]])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: naee cannot score {family}: {FAMILIES[family].naee_refusal}"
 
 
 @pytest.mark.parametrize("family", ROUTER_ARGUMENT_FAMILIES)

@@ -73,7 +73,7 @@ def test_a_refusal_is_one_short_line(model_type):
     assert reason and "\n" not in reason and len(reason) <= 150, reason
 
 
-REFUSED_SAMPLES = ["zaya", "deepseek_v4", "diffusion_gemma", "inkling2", "ernie4_5_vl_moe"]
+REFUSED_SAMPLES = ["muse_spark", "deepseek_v4", "diffusion_gemma", "inkling2", "ernie4_5_vl_moe"]
 
 
 def _config_only_dir(model_type: str, root: Path) -> Path:
@@ -99,9 +99,9 @@ def test_every_stage_that_opens_a_model_refuses_before_reading_weights(tmp_path)
     from moeprune.arch.loading import check_model_dir, load_model
     from moeprune.errors import MoepruneError
 
-    path = _config_only_dir("zaya", tmp_path)
+    path = _config_only_dir("deepseek_v4", tmp_path)
     for opener in (check_model_dir, load_model):
-        with pytest.raises(MoepruneError, match=r"^MoE family 'zaya' is not covered: router 'gate' is an MLP"):
+        with pytest.raises(MoepruneError, match=r"^MoE family 'deepseek_v4' is not covered: hash-routed layers"):
             opener(path)
 
 

@@ -227,7 +227,7 @@ class MoEAdapter:
             layer.extra_rows = int(family.router_extra_rows(self.config))
             layer.router = self._find_router(layer.block, family)
             up = layer.up_param
-            if up.shape[1 if layer.is_transposed else 2] != layer.router_weight.shape[-1]:
+            if up.shape[1 if layer.is_transposed else 2] != getattr(self.config, "hidden_size", up.shape[2]):
                 raise MoepruneError(
                     f"the routed experts of this {model_type} model read a projection of the hidden states "
                     "(a latent size, e.g. nemotron_h's moe_latent_size), which moeprune does not handle"

@@ -38,6 +38,7 @@ class Family:
         router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
             the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
         router_takes_batch: the router reads hidden states `[B, T, H]` (AFMoE), not `[T, H]`.
+        naee_refusal: why naee's restricted router cannot reproduce the pruned block (naee refuses the family).
         router_extra_rows: how many router rows follow the routed experts' (Inkling's shared-expert gates);
             removal and naee keep them, after the kept experts' rows.
         gate: a short description of the gate function, for `inspect` and model cards.
@@ -58,6 +59,7 @@ class Family:
     router_inputs: tuple[str, ...] = ()
     router_takes_batch: bool = False
     router_extra_rows: Callable[[PretrainedConfig], int] = lambda _: 0
+    naee_refusal: str = ""
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
     shared_attrs: tuple[str, ...] = ()
@@ -83,6 +85,9 @@ def _v3_like(name: str, count_fields: tuple[str, ...] = ("n_routed_experts",), *
         min_per_group=2,
     )
     return Family(name, count_fields, **{**defaults, **facts})
+
+
+_INKLING_NAEE = "the shared experts' gates depend on which routed experts are chosen, which naee does not model"
 
 
 def _n_shared_experts(config: PretrainedConfig) -> int:
@@ -303,6 +308,7 @@ FAMILIES: dict[str, Family] = {
             router_extra_rows=_n_shared_experts,
             gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
             shared_attrs=("shared_experts",),
+            naee_refusal=_INKLING_NAEE,
         ),
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
@@ -343,6 +349,7 @@ FAMILIES: dict[str, Family] = {
             router_extra_rows=_n_shared_experts,
             gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
             shared_attrs=("shared_experts",),
+            naee_refusal=_INKLING_NAEE,
         ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(

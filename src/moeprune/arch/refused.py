@@ -10,21 +10,29 @@ from __future__ import annotations
 
 from moeprune.errors import MoepruneError
 
-_HYBRID = "hybrid layers ({}) beside the MoE blocks are not handled yet"
-_VL = "vision-language wrapper ({}); its language MoE is not handled yet"
-_NO_ENTRY = "{}; no family entry or round-trip test yet"
-
 REFUSED: dict[str, str] = {
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": (
-        "block diffusion: an encoder and a decoder stack, both with MoE layers (their indices collide); not handled yet"
+        "block diffusion: an encoder and a decoder stack, both with MoE layers; its forward is not a causal LM's"
     ),
-    "ernie4_5_vl_moe": _VL.format("Ernie4.5-VL, modality-specific text and vision experts"),
-    "inkling2": _VL.format("Inkling2; its text model also has hybrid short-conv layers"),
-    "inkling2_text": _HYBRID.format("short conv / mamba"),
-    "muse_spark": _VL.format("MuseSpark; its MoE block adds pre/post expert projections"),
-    "qwen3_omni_moe": _VL.format("Qwen3-Omni, thinker and talker MoEs"),
-    "zaya": "router 'gate' is an MLP (ZayaRouter: norm, fc1, fc2, out_proj), not one weight; not handled yet",
+    "ernie4_5_vl_moe": "two MoE blocks per decoder layer (text and vision experts); not handled yet",
+    "inkling2": "vision-language wrapper around inkling2_text, whose layers read block_states (see inkling2_text)",
+    "inkling2_text": (
+        "its layers read block_states, attention residuals the model's loop builds from earlier layers' outputs; "
+        "not rebuilt layer by layer"
+    ),
+    "muse_spark": (
+        "its experts read a projection of the hidden states (moe_hidden_size; pre/post expert projections), "
+        "which expert statistics do not handle yet"
+    ),
+    "qwen3_omni_moe": (
+        "thinker and talker MoEs in a text-to-waveform model (no causal-LM class); its thinker is covered as "
+        "qwen3_omni_moe_thinker"
+    ),
+    "zaya": (
+        "its MLP router reads router-sized, not hidden-sized, inputs (and the previous layer's router states), "
+        "which expert statistics do not handle yet"
+    ),
 }
 
 

@@ -237,6 +237,8 @@ def expert_scores(num_experts: int, candidates: list[tuple[int, ...]], losses: T
 
 def _plan(ctx: ScoringContext) -> dict[int, list[range]]:
     limit = int(ctx.option("max_combinations"))
+    if ctx.adapter.family.naee_refusal:
+        raise MoepruneError(f"naee cannot score {ctx.adapter.family.name}: {ctx.adapter.family.naee_refusal}")
     plans = {}
     for layer in ctx.adapter.layers:
         ranges = ctx.group_ranges(layer)
