@@ -13,9 +13,11 @@ from moeprune.errors import MoepruneError
 REFUSED: dict[str, str] = {
     "deepseek_v4": "hash-routed layers (DeepseekV4HashRouter, by input_ids) and clamped experts are not handled yet",
     "diffusion_gemma": (
-        "block diffusion: an encoder and a decoder stack, both with MoE layers; its forward is not a causal LM's"
+        "block diffusion: its forward samples a random canvas, so calibration passes are not reproducible"
     ),
-    "ernie4_5_vl_moe": "two MoE blocks per decoder layer (text and vision experts); not handled yet",
+    "ernie4_5_vl_moe": (
+        "its text and vision experts share one expert count (moe_num_experts): text-only calibration cannot prune both"
+    ),
     "inkling2": "vision-language wrapper around inkling2_text, whose layers read block_states (see inkling2_text)",
     "inkling2_text": (
         "its layers read block_states, attention residuals the model's loop builds from earlier layers' outputs; "
