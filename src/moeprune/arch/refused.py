@@ -28,7 +28,7 @@ REFUSED: dict[str, str] = {
         "which expert statistics do not handle yet"
     ),
     "qwen3_omni_moe": (
-        "thinker and talker MoEs in a text-to-waveform model (no causal-LM class); its thinker is covered as "
+        "thinker and talker MoEs in a model with generate but no forward; its thinker is covered as "
         "qwen3_omni_moe_thinker"
     ),
     "zaya": (
