@@ -239,14 +239,15 @@ def test_run_expert_matches_stacked_forward(family):
 
 def _test_run_expert(model):
     layer = get_adapter(model).layers[0]
-    hidden = torch.randn(6, model.config.get_text_config().hidden_size)
-    _, weights, index = layer.route(hidden)
+    _, weights, index = layer.route(torch.randn(6, model.config.get_text_config().hidden_size))
+    # What the experts read: the hidden states, or their projection (muse_spark's moe_hidden_size).
+    inputs = torch.randn(6, layer.expert_input_size)
     with torch.no_grad():
-        fused = layer.experts(hidden, index, weights)
-        manual = torch.zeros_like(hidden)
-        for t in range(hidden.shape[0]):
+        fused = layer.experts(inputs, index, weights)
+        manual = torch.zeros_like(inputs)
+        for t in range(inputs.shape[0]):
             for j in range(index.shape[1]):
-                manual[t] += weights[t, j] * layer.run_expert(int(index[t, j]), hidden[t : t + 1])[0]
+                manual[t] += weights[t, j] * layer.run_expert(int(index[t, j]), inputs[t : t + 1])[0]
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 
 

@@ -73,7 +73,7 @@ def test_a_refusal_is_one_short_line(model_type):
     assert reason and "\n" not in reason and len(reason) <= 150, reason
 
 
-REFUSED_SAMPLES = ["muse_spark", "deepseek_v4", "diffusion_gemma", "inkling2", "ernie4_5_vl_moe"]
+REFUSED_SAMPLES = ["inkling2_text", "deepseek_v4", "diffusion_gemma", "inkling2", "ernie4_5_vl_moe"]
 
 
 def _config_only_dir(model_type: str, root: Path) -> Path:

@@ -13,7 +13,8 @@ output bit for bit, and accumulates, per MoE layer:
     output_norm [E]        mean over tokens routed to e of ||f_e(x)||_2
     router_logit_mean/std  per-expert mean and std of the router logits over all tokens (router hook)
     tokens                 tokens that passed through the layer
-    wanda_in_sq [E, H]     sum of x_j^2 per input feature over the tokens routed to e (gate/up input)
+    wanda_in_sq [E, H]     sum of x_j^2 per input feature over the tokens routed to e (gate/up input; H is
+                           the experts' input width, `expert_input_size`: moe_hidden_size for Muse Spark)
     wanda_down_sq [E, I]   the same for the input of down_proj
 
     with profiling(model) as accumulators:   # sets the implementation, restores the previous one
@@ -121,8 +122,10 @@ class ExpertStatsAccumulator:
             self.sums[name] += batch.index_add_(0, experts, squares).to(dtype)
 
     def add_logits(self, logits: Tensor) -> None:
-        """Router logits `[T, E]` of one batch."""
-        flat = logits.detach().reshape(-1, self.num_experts).to(self.sums["logit_sum"].dtype)
+        """Router logits `[T, E]` of one batch (a router that also scores extra classes after the routed experts,
+        Zaya's skip expert, returns `[T, E + n]`: the extra columns are left out)."""
+        width = logits.shape[-1] if logits.dim() > 1 else self.num_experts
+        flat = logits.detach().reshape(-1, width)[:, : self.num_experts].to(self.sums["logit_sum"].dtype)
         self.sums["logit_sum"] += flat.sum(dim=0)
         self.sums["logit_sq"] += flat.pow(2).sum(dim=0)
         self.sums["logit_tokens"] += flat.shape[0]
@@ -250,7 +253,7 @@ def profiling(model: nn.Module, device: torch.device | None = None) -> Iterator[
     accumulators = {
         layer.index: ExpertStatsAccumulator(
             layer.num_experts,
-            layer.router_weight.shape[1],
+            layer.expert_input_size,
             layer.intermediate_size,
             device or layer.router_weight.device,
         )

@@ -551,6 +551,33 @@ def _family_kwargs(family: str, num_experts: int, top_k: int) -> tuple[str, dict
                 logits_mup_width_multiplier=1.0,
             ),
         ),
+        # Only as the language model of muse_spark (its vision-language wrapper).
+        "muse_spark_text": (
+            "MuseSparkTextConfig",
+            dict(
+                intermediate_size=48,
+                moe_intermediate_size=24,
+                moe_hidden_size=16,
+                num_local_experts=num_experts,
+                head_dim=8,
+                sliding_window=16,
+                num_hidden_layers=3,
+                mlp_layer_types=["dense", "sparse", "sparse"],
+            ),
+        ),
+        "zaya": (
+            "ZayaConfig",
+            dict(
+                moe_intermediate_size=24,
+                num_experts=num_experts,
+                num_experts_per_tok=1,  # ZAYA supports top-1 only
+                head_dim=8,
+                router_hidden_size=12,
+                sliding_window=16,
+                num_hidden_layers=3,
+                layer_types=["hybrid", "hybrid_sliding", "hybrid"],
+            ),
+        ),
     }
     if family not in specs:
         raise ValueError(f"no tiny config for family {family!r}; known: {sorted(specs)}")
@@ -787,6 +814,27 @@ _VISION_LANGUAGE: dict[str, tuple[str, str, dict, dict]] = {
             audio_config=dict(text_hidden_size=32, n_mel_bins=8, mel_vocab_size=16),
         ),
     ),
+    "muse_spark": (
+        "MuseSparkConfig",
+        "muse_spark_text",
+        {},
+        dict(
+            vision_config=dict(
+                patch_size=4,
+                pos_emb_height=4,
+                pos_emb_width=4,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                hidden_size=16,
+                intermediate_size=24,
+            ),
+            audio_config=dict(
+                patch_sizes=[2, 2], hidden_sizes=[8, 16], depths=[1, 1], num_hidden_layers=2, out_hidden_size=32
+            ),
+            out_hidden_size=32,
+            projector_hidden_size=24,
+        ),
+    ),
 }
 
 
@@ -889,6 +937,8 @@ FAMILIES_WITH_TINY_MODELS = (
     "hy_v4",
     "inkling_text",
     "inkling_mm_model",
+    "zaya",
+    "muse_spark",
 )
 
 

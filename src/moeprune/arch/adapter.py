@@ -50,7 +50,8 @@ class MoELayer:
         index: index of the decoder layer (block) in the model's layer list.
         path: dotted module path of the MoE block (e.g. `model.layers.3.mlp`).
         block: the MoE block module.
-        router: the router module; `router(hidden [T, H])` returns `(logits [T, E], weights [T, k], index [T, k])`.
+        router: the router module; `router(hidden [T, H])` returns `(logits [T, E], weights [T, k], index [T, k])`
+            (logits `[T, E + extra_rows]` where the router scores more than the routed experts).
         experts: the stacked experts module.
         family: family facts.
         decoder_layer: the decoder layer that holds the block (granitemoeshared keeps its shared MLP there).
@@ -75,7 +76,12 @@ class MoELayer:
 
     @property
     def router_weight(self) -> torch.Tensor:
-        """Router rows, one per expert: `[E, H]` (rows after the routed experts' left out)."""
+        """Router rows, one per expert: `[E, R]` (rows after the routed experts' left out).
+
+        R is the width of what the router's last projection reads: the hidden size for a Linear router,
+        the router MLP's width for an MLP router (Zaya's `router_mlp.out_proj`). The experts' own input
+        width is `expert_input_size`.
+        """
         rows = _tensor_at(self.router, self.family.router_weight)
         return rows[: rows.shape[0] - self.extra_rows] if self.extra_rows else rows
 
@@ -106,6 +112,11 @@ class MoELayer:
     @property
     def is_concatenated(self) -> bool:
         return bool(getattr(self.experts, "is_concatenated", True))
+
+    @property
+    def expert_input_size(self) -> int:
+        """Width of the states the routed experts read (`gate_up_proj`/`up_proj`'s input): usually the hidden size."""
+        return self.up_param.shape[1] if self.is_transposed else self.up_param.shape[2]
 
     @property
     def intermediate_size(self) -> int:
@@ -172,7 +183,7 @@ class MoELayer:
         return up_bias[expert], self.experts.down_proj_bias[expert]
 
     def expert_intermediate(self, expert: int, hidden: torch.Tensor) -> torch.Tensor:
-        """The activation that enters `down_proj` for `hidden [T, H]`: `[T, I]`."""
+        """The activation that enters `down_proj` for `hidden [T, H]` (H: `expert_input_size`): `[T, I]`."""
         up = self.up_param[expert]
         weight = up.transpose(0, 1) if self.is_transposed else up
         up_bias, _ = self.expert_biases(expert)
@@ -182,11 +193,15 @@ class MoELayer:
         return self.experts.act_fn(projected)
 
     def run_expert(self, expert: int, hidden: torch.Tensor) -> torch.Tensor:
-        """One expert's output (no gate weight applied) for `hidden [T, H]`: `[T, H]`."""
+        """One expert's output (no gate weight applied) for `hidden [T, H]`: `[T, H]` (H: `expert_input_size`).
+
+        Experts built with a post-expert norm (Muse Spark's) apply it, as the experts module does.
+        """
         down = self.down_proj[expert]
         weight = down.transpose(0, 1) if self.is_transposed else down
         _, down_bias = self.expert_biases(expert)
-        return F.linear(self.expert_intermediate(expert, hidden), weight, down_bias)
+        output = F.linear(self.expert_intermediate(expert, hidden), weight, down_bias)
+        return self.experts.post_expert_norm(output) if getattr(self.experts, "has_post_expert_norm", False) else output
 
     def expert_param_count(self) -> int:
         """Parameters of one routed expert (matrices and biases)."""
@@ -226,8 +241,8 @@ class MoEAdapter:
             layer.family = family
             layer.extra_rows = int(family.router_extra_rows(self.config))
             layer.router = self._find_router(layer.block, family)
-            up = layer.up_param
-            if up.shape[1 if layer.is_transposed else 2] != getattr(self.config, "hidden_size", up.shape[2]):
+            hidden_size = getattr(self.config, "hidden_size", layer.expert_input_size)
+            if layer.expert_input_size != hidden_size and not family.experts_read_projection:
                 raise MoepruneError(
                     f"the routed experts of this {model_type} model read a projection of the hidden states "
                     "(a latent size, e.g. nemotron_h's moe_latent_size), which moeprune does not handle"

@@ -33,14 +33,20 @@ class Family:
         count_fields: config fields that hold the routed expert count (all are updated on removal).
         top_k_fields: config fields that hold top_k (clamped when fewer experts remain).
         router_attr: name of the router module inside the MoE block.
-        router_weight: dotted path, inside the router, of its rows `[E, H]` (`weight`, or e.g. `wg.weight`
-            where the router wraps a Linear).
+        router_weight: dotted path, inside the router, of its rows `[E, R]` (`weight`, or e.g. `wg.weight`
+            where the router wraps a Linear; an MLP router's output projection, Zaya's
+            `router_mlp.out_proj.weight`, whose R is the router's width, not the hidden size).
         router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
             the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
         router_takes_batch: the router reads hidden states `[B, T, H]` (AFMoE), not `[T, H]`.
         naee_refusal: why naee's restricted router cannot reproduce the pruned block (naee refuses the family).
         router_extra_rows: how many router rows follow the routed experts' (Inkling's shared-expert gates);
             removal and naee keep them, after the kept experts' rows.
+        experts_read_projection: the block projects the hidden states down before the routed experts and back
+            after (Muse Spark's `pre_expert_proj` to `moe_hidden_size`): the experts' input width
+            (`MoELayer.expert_input_size`) is not the hidden size. Without it such experts are refused.
+        extended_count_attrs: router attributes that cache the routed count plus the extra rows (Zaya's
+            `num_router_classes`, counting its skip expert); updated on removal.
         gate: a short description of the gate function, for `inspect` and model cards.
         renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
             did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
@@ -59,6 +65,8 @@ class Family:
     router_inputs: tuple[str, ...] = ()
     router_takes_batch: bool = False
     router_extra_rows: Callable[[PretrainedConfig], int] = lambda _: 0
+    extended_count_attrs: tuple[str, ...] = ()
+    experts_read_projection: bool = False
     naee_refusal: str = ""
     gate: str = "softmax -> top-k"
     renormalises: Callable[[PretrainedConfig], bool] = _always
@@ -92,6 +100,14 @@ _INKLING_NAEE = "the shared experts' gates depend on which routed experts are ch
 
 def _n_shared_experts(config: PretrainedConfig) -> int:
     return int(getattr(config, "n_shared_experts", 0) or 0)
+
+
+def _one(_: PretrainedConfig) -> int:
+    return 1
+
+
+_PROJECTED_NAEE = "its experts read a projection of the block's input (moe_hidden_size), which naee does not model"
+_ZAYA_NAEE = "its router also reads the previous layer's router states, which naee's per-layer router does not receive"
 
 
 def _deepseek_v2_groups(config: PretrainedConfig) -> bool:
@@ -351,6 +367,20 @@ FAMILIES: dict[str, Family] = {
             shared_attrs=("shared_experts",),
             naee_refusal=_INKLING_NAEE,
         ),
+        # An MLP router (down_proj to router_hidden_size, norm, fc1, fc2, out_proj) that also reads the previous
+        # layer's router states (layerwise passes them on); its last row scores a skip expert (no compute).
+        Family(
+            "zaya",
+            ("num_experts",),
+            router_weight="router_mlp.out_proj.weight",
+            router_takes_batch=True,
+            router_extra_rows=_one,
+            extended_count_attrs=("num_router_classes",),
+            naee_refusal=_ZAYA_NAEE,
+            gate="MLP router (+ previous layer's router states) -> softmax -> top-k by softmax + balancing bias "
+            "(or a skip expert)",
+            renormalises=_never,
+        ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(
             "openai_privacy_filter",
@@ -399,6 +429,15 @@ FAMILIES: dict[str, Family] = {
             ("num_local_experts",),
             gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
+        ),
+        # The block projects the hidden states down to moe_hidden_size before the routed experts (which
+        # run at that width, each with a post-expert norm) and back up after; the router reads the hidden states.
+        Family(
+            "muse_spark",
+            ("num_local_experts",),
+            experts_read_projection=True,
+            naee_refusal=_PROJECTED_NAEE,
+            gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
         ),
         Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
     )

@@ -23,17 +23,9 @@ REFUSED: dict[str, str] = {
         "its layers read block_states, attention residuals the model's loop builds from earlier layers' outputs; "
         "not rebuilt layer by layer"
     ),
-    "muse_spark": (
-        "its experts read a projection of the hidden states (moe_hidden_size; pre/post expert projections), "
-        "which expert statistics do not handle yet"
-    ),
     "qwen3_omni_moe": (
         "thinker and talker MoEs in a model with generate but no forward; its thinker is covered as "
         "qwen3_omni_moe_thinker"
-    ),
-    "zaya": (
-        "its MLP router reads router-sized, not hidden-sized, inputs (and the previous layer's router states), "
-        "which expert statistics do not handle yet"
     ),
 }
 

@@ -116,6 +116,10 @@ def _remove_in_layer(layer: MoELayer, kept: list[int]) -> None:
         for attr in _COUNT_ATTRS:
             if getattr(module, attr, None) == old and not isinstance(getattr(module, attr), torch.Tensor):
                 setattr(module, attr, new)
+    for module in layer.router.modules():
+        for attr in layer.family.extended_count_attrs:  # counts that include the extra rows (Zaya's skip expert)
+            if getattr(module, attr, None) == old + layer.extra_rows:
+                setattr(module, attr, new + layer.extra_rows)
     for module in layer.router.modules():  # a Linear router, or the Linear a router wraps
         if isinstance(module, nn.Linear) and module.out_features in (old, old + layer.extra_rows):
             module.out_features = module.out_features - old + new

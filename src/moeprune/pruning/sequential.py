@@ -41,7 +41,7 @@ class PruneSettings:
 def _expert_hook(adapter: MoEAdapter, index: int, stats: dict[str, InputStats], need_hessian: bool, all_tokens: bool):
     layer = adapter.layer(index)
     prefix = f"{index}.{layer.path.rsplit('.', 1)[-1]}.experts"
-    hidden_size, inter = layer.router_weight.shape[1], layer.intermediate_size
+    hidden_size, inter = layer.expert_input_size, layer.intermediate_size
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]

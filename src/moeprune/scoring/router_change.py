@@ -40,17 +40,18 @@ def check_same_architecture(model: MoEAdapter, reference: MoEAdapter) -> None:
         if ours != theirs:
             raise MoepruneError(
                 f"layer {layer.index}: the reference router is {tuple(theirs)} but the model's is {tuple(ours)} "
-                "(different expert count or hidden size); pass the pretrained checkpoint this model was fine-tuned from"
+                "(different expert count or router width); pass the pretrained checkpoint this model was "
+                "fine-tuned from"
             )
 
 
 def router_norm_change(finetuned: Tensor, pretrained: Tensor) -> Tensor:
-    """`[E]`: ||w_e^ft||_2 - ||w_e^pt||_2 for router rows `[E, H]`."""
+    """`[E]`: ||w_e^ft||_2 - ||w_e^pt||_2 for router rows `[E, R]`."""
     return finetuned.double().norm(dim=1) - pretrained.double().norm(dim=1)
 
 
 def router_row_distance(finetuned: Tensor, pretrained: Tensor) -> Tensor:
-    """`[E]`: ||w_e^ft - w_e^pt||_2 for router rows `[E, H]`."""
+    """`[E]`: ||w_e^ft - w_e^pt||_2 for router rows `[E, R]`."""
     return (finetuned.double() - pretrained.double()).norm(dim=1)
 
 

@@ -39,7 +39,10 @@ COLUMN_BLOCK = 1 << 20  # columns of the stacked expert tensors read at once (8 
 def behaviour_distance(
     router: Tensor, coactivation: Tensor | None, lambda1: float = 1.0, lambda2: float = 0.0
 ) -> Tensor:
-    """`[E, E]` float64 distances from router rows `[E, H]` and (optionally) co-activation counts `[E, E]`."""
+    """`[E, E]` float64 distances from router rows `[E, R]` and (optionally) co-activation counts `[E, E]`.
+
+    An MLP router's rows are its output projection's (`Family.router_weight`; Zaya's `router_mlp.out_proj`).
+    """
     weights = router.detach().double().cpu()
     distance = lambda1 * torch.cdist(weights, weights) / weights.norm().clamp(min=1e-12)
     if lambda2 and coactivation is not None:
