@@ -36,7 +36,7 @@ test: $(STAMP)
 
 # 10 rounds of 8 concurrent `moeprune register` processes on a new sqlite store (the suite runs 1).
 stress: $(STAMP)
-	MOEPRUNE_STRESS_ROUNDS=10 $(PY) -m pytest -q -s tests/test_registry_concurrency.py
+	MOEPRUNE_STRESS_ROUNDS=10 $(PY) -m pytest -q -s tests/registry/test_registry_concurrency.py
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)

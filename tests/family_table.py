@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE), str(HERE / "arch")]  # readme_blocks; arch/test_family_coverage.py
 
 from readme_blocks import read_block, write_block  # noqa: E402
 from test_family_coverage import enumerate_families  # noqa: E402

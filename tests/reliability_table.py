@@ -13,7 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+HERE = Path(__file__).parent
+# readme_blocks, then the fault tests: cli/test_bad_inputs.py, core/test_atomic_writes.py, core/test_config.py,
+# flows/test_params_first.py, registry/test_registry_concurrency.py, registry/test_registry_runs.py
+sys.path[:0] = [str(HERE), *(str(HERE / folder) for folder in ("cli", "core", "flows", "registry"))]
 
 import test_atomic_writes as crashes  # noqa: E402
 import test_bad_inputs as bad  # noqa: E402

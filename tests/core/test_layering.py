@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "moeprune"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "moeprune"
 ORCHESTRATION = {"flows", "tasks", "prefect", "dvc"}
 MLFLOW_HOME = PACKAGE / "registry"
 

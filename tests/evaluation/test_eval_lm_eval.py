@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_calibration import save_tiny_lm, write_gsm8k_jsonl
+from builders import save_tiny_lm, write_gsm8k_jsonl
 from typer.testing import CliRunner
 
 from moeprune.cli import app

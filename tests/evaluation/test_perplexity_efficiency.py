@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_calibration import save_tiny_lm
+from builders import save_tiny_lm
 
 from moeprune.arch import get_adapter, load_model, remove_experts
 from moeprune.arch.linears import count_weights

@@ -18,7 +18,7 @@ import yaml
 
 from moeprune.errors import MoepruneError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ and tasks/ live beside src/
 CHECK = "moeprune check-params --params params.yaml"
 SCRIPTS = Path(sys.executable).parent

@@ -28,7 +28,7 @@ from moeprune.pruning import unstructured as unstructured_module
 from moeprune.scoring import SCORERS as IMPLEMENTED_SCORERS
 from moeprune.stages.score import parse_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ lives beside src/
 
 from flows import study_plan  # noqa: E402

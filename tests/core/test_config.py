@@ -11,7 +11,7 @@ import yaml
 from moeprune.config import load_params, parse_params
 from moeprune.errors import MoepruneError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.
 RELIABILITY_ROWS = [
     (

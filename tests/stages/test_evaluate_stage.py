@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_calibration import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
+from builders import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
 
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.perplexity import evaluate_perplexity

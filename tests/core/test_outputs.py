@@ -92,7 +92,7 @@ def test_evaluation_temporaries_live_beside_the_output_and_go(model, tmp_path, m
 
 
 def test_every_stage_reruns_into_its_own_output_and_refuses_another_stages(tmp_path):
-    from test_calibration import save_tiny_lm, write_gsm8k_jsonl
+    from builders import save_tiny_lm, write_gsm8k_jsonl
 
     from moeprune.errors import MoepruneError
     from moeprune.stages import calibrate, evaluate, profile, prune_unstructured, score

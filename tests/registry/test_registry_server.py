@@ -16,7 +16,7 @@ from registry_helpers import metrics_file, pruned_child, tiny_mixtral
 
 from moeprune import registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 NAME = "lm-finetuned-pruned"
 

@@ -48,7 +48,7 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
-    from test_calibration import save_tiny_lm, write_gsm8k_jsonl
+    from builders import save_tiny_lm, write_gsm8k_jsonl
 
     from moeprune.stages import calibrate, profile, score
 

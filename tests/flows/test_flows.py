@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ and tasks/ live beside src/
 STAGES = ("testbed", "calibrate", "profile", "score", "prune_experts", "prune_unstructured")
 SWEEP = {

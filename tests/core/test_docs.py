@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Spelled in pieces so that this file does not match itself.
 SHARED_FOLDER = "../" + "shared"
 NOTE_NAMES = re.compile(r"(?<![\w-])(" + "|".join(("DESIGN", "ALGORITHMS", "STACK", "STYLE")) + r")\.md\b")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ lives beside src/
 
 from flows.study_plan import Layout, requested, spec_record, study_points, study_specs  # noqa: E402
