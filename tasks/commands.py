@@ -10,7 +10,7 @@ None is not passed (the command's default applies). Option sections of params.ya
 `${section}`: `--key value`, `--key` for true, nothing for false.
 
 Who uses it: `pipeline_commands(params)` is what dvc.yaml runs for a params.yaml, stage by stage (the
-pipeline flow logs it before each stage; tests/test_stage_commands.py renders dvc.yaml with DVC and
+pipeline flow logs it before each stage; tests/flows/test_stage_commands.py renders dvc.yaml with DVC and
 checks the two are equal, so they cannot drift); `PipelineFiles` names the files the stages write (the
 pipeline flow registers from them); the study (flows/study_plan.py) builds all its commands here.
 dvc.yaml itself keeps its `${...}` commands: DVC needs them to rerun a stage when a parameter changes.

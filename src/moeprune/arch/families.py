@@ -444,7 +444,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-# Families whose experts, routers and counts the adapter and removal handle (tests/test_arch_removal.py
+# Families whose experts, routers and counts the adapter and removal handle (tests/arch/test_arch_removal.py
 # round-trips each like a covered family) but that a stage outside arch/ cannot run yet: arch/refused.py
 # says which. `get_family` does not return them; moving an entry to FAMILIES covers the family.
 PENDING: dict[str, Family] = {}

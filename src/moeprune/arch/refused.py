@@ -1,6 +1,6 @@
 """MoE families that transformers ships but moeprune refuses, each with what is missing.
 
-`tests/test_family_coverage.py` enumerates every model_type whose modeling code uses the experts
+`tests/arch/test_family_coverage.py` enumerates every model_type whose modeling code uses the experts
 interface (`@use_experts_implementation`); each must be in `families.FAMILIES` or here. Reasons were
 read off transformers 5.23's modeling files (router class and attribute, block layout, expert flags).
 A checkpoint of one of these families is refused from its config.json, before weights are read.

@@ -5,7 +5,7 @@
 
 The entry point runs in a child interpreter with the repository that holds `flows/` and `tasks/` on its
 path (the pipeline repository of the params file, else the checkout this package was installed from),
-so the core library never imports flows, tasks or prefect (tests/test_layering.py). The child prints its
+so the core library never imports flows, tasks or prefect (tests/core/test_layering.py). The child prints its
 own errors; its exit status is returned.
 """
 
