@@ -1,4 +1,5 @@
-"""Per-family facts that the generic stacked-expert adapter cannot discover from the modules alone.
+"""Per-family facts that the generic stacked-expert adapter cannot discover from the modules alone: one
+entry per covered family (what an entry can say: `arch.family_facts.Family`).
 
 Everything else (where MoE blocks live, router and expert tensors, layout flags) is found by walking
 the model; see `arch.adapter`. Facts checked against transformers 5.23 (docs/transformers-notes.md).
@@ -6,113 +7,20 @@ the model; see `arch.adapter`. Facts checked against transformers 5.23 (docs/tra
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from transformers import PretrainedConfig
-
-
-def _always(_: PretrainedConfig) -> bool:
-    return True
-
-
-def _never(_: PretrainedConfig) -> bool:
-    return False
-
-
-def _norm_topk_prob(config: PretrainedConfig) -> bool:
-    return bool(getattr(config, "norm_topk_prob", False))
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between MoE families.
-
-    Attributes:
-        name: the config `model_type`.
-        count_fields: config fields that hold the routed expert count (all are updated on removal).
-        top_k_fields: config fields that hold top_k (clamped when fewer experts remain).
-        router_attr: name of the router module inside the MoE block.
-        router_weight: dotted path, inside the router, of its rows `[E, R]` (`weight`, or e.g. `wg.weight`
-            where the router wraps a Linear; an MLP router's output projection, Zaya's
-            `router_mlp.out_proj.weight`, whose R is the router's width, not the hidden size).
-        router_inputs: tensors of the MoE block (not the router) that the block passes to the router after
-            the hidden states, one entry per expert (a block-level score-correction bias); sliced on removal.
-        router_takes_batch: the router reads hidden states `[B, T, H]` (AFMoE), not `[T, H]`.
-        naee_refusal: why naee's restricted router cannot reproduce the pruned block (naee refuses the family).
-        router_extra_rows: how many router rows follow the routed experts' (Inkling's shared-expert gates);
-            removal and naee keep them, after the kept experts' rows.
-        experts_read_projection: the block projects the hidden states down before the routed experts and back
-            after (Muse Spark's `pre_expert_proj` to `moe_hidden_size`): the experts' input width
-            (`MoELayer.expert_input_size`) is not the hidden size. Without it such experts are refused.
-        extended_count_attrs: router attributes that cache the routed count plus the extra rows (Zaya's
-            `num_router_classes`, counting its skip expert); updated on removal.
-        gate: a short description of the gate function, for `inspect` and model cards.
-        renormalises: whether the gate weights of a token's chosen experts stay the same when experts it
-            did not choose are removed: a softmax renormalised over the top-k, or per-expert sigmoid
-            scores (then removing unused experts leaves outputs unchanged for tokens that never used them).
-        shared_attrs: always-on shared experts inside the block, or beside it in the decoder layer
-            (granitemoeshared's `shared_mlp`); never expert-pruned.
-        group_routing: DeepSeek-style group-limited routing needs equal-size groups after removal.
-        min_per_group: experts each group must keep (DeepSeek-V3 scores a group by its top-2).
-    """
-
-    name: str
-    count_fields: tuple[str, ...]
-    top_k_fields: tuple[str, ...] = ("num_experts_per_tok",)
-    router_attr: str = "gate"
-    router_weight: str = "weight"
-    router_inputs: tuple[str, ...] = ()
-    router_takes_batch: bool = False
-    router_extra_rows: Callable[[PretrainedConfig], int] = lambda _: 0
-    extended_count_attrs: tuple[str, ...] = ()
-    experts_read_projection: bool = False
-    naee_refusal: str = ""
-    gate: str = "softmax -> top-k"
-    renormalises: Callable[[PretrainedConfig], bool] = _always
-    shared_attrs: tuple[str, ...] = ()
-    group_routing: Callable[[PretrainedConfig], bool] = _never
-    min_per_group: int = 1
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _n_group_set(config: PretrainedConfig) -> bool:
-    return getattr(config, "n_group", None) is not None
-
-
-def _v3_like(name: str, count_fields: tuple[str, ...] = ("n_routed_experts",), **facts) -> Family:
-    """A DeepSeek-V3-style MoE: sigmoid router `gate` with a correction bias, group-limited top-k, shared_experts.
-
-    Its gate weights are the chosen experts' own sigmoid scores (renormalised among them if
-    norm_topk_prob), so removing experts a token did not choose leaves them unchanged.
-    """
-    defaults = dict(
-        gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-        shared_attrs=("shared_experts",),
-        group_routing=_always,
-        min_per_group=2,
-    )
-    return Family(name, count_fields, **{**defaults, **facts})
-
-
-_INKLING_NAEE = "the shared experts' gates depend on which routed experts are chosen, which naee does not model"
-
-
-def _n_shared_experts(config: PretrainedConfig) -> int:
-    return int(getattr(config, "n_shared_experts", 0) or 0)
-
-
-def _one(_: PretrainedConfig) -> int:
-    return 1
-
-
-_PROJECTED_NAEE = "its experts read a projection of the block's input (moe_hidden_size), which naee does not model"
-_ZAYA_NAEE = "its router also reads the previous layer's router states, which naee's per-layer router does not receive"
-
-
-def _deepseek_v2_groups(config: PretrainedConfig) -> bool:
-    return getattr(config, "topk_method", "greedy") == "group_limited_greedy"
-
+from moeprune.arch.family_facts import (
+    INKLING_NAEE,
+    PROJECTED_NAEE,
+    ZAYA_NAEE,
+    Family,
+    always,
+    deepseek_v2_groups,
+    n_group_set,
+    n_shared_experts,
+    never,
+    norm_topk_prob,
+    one,
+    v3_like,
+)
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -122,36 +30,36 @@ FAMILIES: dict[str, Family] = {
             "qwen2_moe",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
         Family(
             "qwen3_moe",
             ("num_experts", "num_local_experts"),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
         ),
         Family(
             "olmoe",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
         ),
         Family(
             "deepseek_v2",
             ("n_routed_experts",),
             gate="softmax -> (group-limited) top-k, scaled",
-            renormalises=_never,
+            renormalises=never,
             shared_attrs=("shared_experts",),
-            group_routing=_deepseek_v2_groups,
+            group_routing=deepseek_v2_groups,
         ),
-        _v3_like("deepseek_v3"),
-        Family("phimoe", ("num_local_experts",), router_attr="router", gate="sparsemixer", renormalises=_never),
+        v3_like("deepseek_v3"),
+        Family("phimoe", ("num_local_experts",), router_attr="router", gate="sparsemixer", renormalises=never),
         Family(
             "flex_olmo",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
         ),
         Family("granitemoe", ("num_local_experts",), router_attr="router", gate="top-k logits -> softmax"),
         Family(
@@ -165,7 +73,7 @@ FAMILIES: dict[str, Family] = {
             "mellum",
             ("num_local_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
         ),
         Family(
             "laguna",
@@ -195,14 +103,14 @@ FAMILIES: dict[str, Family] = {
             gate="top-k logits -> softmax",
             shared_attrs=("shared_experts",),
         ),
-        _v3_like("glm4_moe"),
-        _v3_like("glm4_moe_lite"),
-        _v3_like("dots1"),
-        _v3_like("solar_open"),
-        _v3_like("axk1"),
-        _v3_like("axk2", group_routing=_n_group_set),
-        _v3_like("deepseek_v32"),
-        _v3_like("glm_moe_dsa"),
+        v3_like("glm4_moe"),
+        v3_like("glm4_moe_lite"),
+        v3_like("dots1"),
+        v3_like("solar_open"),
+        v3_like("axk1"),
+        v3_like("axk2", group_routing=n_group_set),
+        v3_like("deepseek_v32"),
+        v3_like("glm_moe_dsa"),
         Family(
             "cohere2_moe",
             ("num_experts",),
@@ -219,14 +127,14 @@ FAMILIES: dict[str, Family] = {
             "mimo_v2_flash",
             ("n_routed_experts",),
             gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-            group_routing=_always,
+            group_routing=always,
             min_per_group=2,
         ),
         Family(
             "beam",
             ("num_experts",),
             gate="sigmoid + correction bias -> group-limited top-k (renormalise if norm_topk_prob), scaled",
-            group_routing=_always,
+            group_routing=always,
             min_per_group=2,
         ),
         Family(
@@ -242,7 +150,7 @@ FAMILIES: dict[str, Family] = {
             gate="sigmoid + block-level correction bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
         ),
-        _v3_like("exaone_moe", ("num_experts",)),
+        v3_like("exaone_moe", ("num_experts",)),
         Family(
             "afmoe",
             ("num_experts",),
@@ -273,7 +181,7 @@ FAMILIES: dict[str, Family] = {
             "qwen3_next",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
         Family(
@@ -289,11 +197,11 @@ FAMILIES: dict[str, Family] = {
             gate="top-k logits -> softmax",
             shared_attrs=("shared_mlp",),
         ),
-        Family("jamba", ("num_experts",), router_attr="router", gate="softmax -> top-k", renormalises=_never),
+        Family("jamba", ("num_experts",), router_attr="router", gate="softmax -> top-k", renormalises=never),
         Family("minimax", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
-        _v3_like("kimi_linear", ("num_experts",)),
-        _v3_like("bailing_hybrid", ("num_experts",)),
-        _v3_like("nemotron_h", ("n_routed_experts",)),
+        v3_like("kimi_linear", ("num_experts",)),
+        v3_like("bailing_hybrid", ("num_experts",)),
+        v3_like("nemotron_h", ("n_routed_experts",)),
         Family(
             "lfm2_moe",
             ("num_experts",),
@@ -306,34 +214,34 @@ FAMILIES: dict[str, Family] = {
             gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
             shared_attrs=("shared_experts",),
         ),
-        _v3_like("dots3_note_text"),
+        v3_like("dots3_note_text"),
         Family(
             "qwen4_exp_text",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
         # 'shared' indexer layers reuse the previous layer's top-k indices (layerwise passes them on).
-        _v3_like("hy_v4", group_routing=_n_group_set),
+        v3_like("hy_v4", group_routing=n_group_set),
         # The router also scores the shared experts (rows after the routed ones); their gates are normalised
         # with the chosen routed experts'.
         Family(
             "inkling_text",
             ("n_routed_experts",),
-            router_extra_rows=_n_shared_experts,
+            router_extra_rows=n_shared_experts,
             gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
             shared_attrs=("shared_experts",),
-            naee_refusal=_INKLING_NAEE,
+            naee_refusal=INKLING_NAEE,
         ),
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
         Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
-        _v3_like("glm4v_moe"),
-        _v3_like("mistral_large4"),
-        _v3_like("mistral4"),
-        _v3_like("dots3_note"),
-        _v3_like("glm5_next"),
+        v3_like("glm4v_moe"),
+        v3_like("mistral_large4"),
+        v3_like("mistral4"),
+        v3_like("dots3_note"),
+        v3_like("glm5_next"),
         # Router and experts in the decoder layer itself, beside a dense MLP: the "block" is the layer; the
         # router reads the residual stream, the experts a normalised copy.
         Family(
@@ -356,16 +264,16 @@ FAMILIES: dict[str, Family] = {
             "qwen4_exp",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
             shared_attrs=("shared_expert", "shared_expert_gate"),
         ),
         Family(
             "inkling_mm_model",
             ("n_routed_experts",),
-            router_extra_rows=_n_shared_experts,
+            router_extra_rows=n_shared_experts,
             gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
             shared_attrs=("shared_experts",),
-            naee_refusal=_INKLING_NAEE,
+            naee_refusal=INKLING_NAEE,
         ),
         # An MLP router (down_proj to router_hidden_size, norm, fc1, fc2, out_proj) that also reads the previous
         # layer's router states (layerwise passes them on); its last row scores a skip expert (no compute).
@@ -374,12 +282,12 @@ FAMILIES: dict[str, Family] = {
             ("num_experts",),
             router_weight="router_mlp.out_proj.weight",
             router_takes_batch=True,
-            router_extra_rows=_one,
+            router_extra_rows=one,
             extended_count_attrs=("num_router_classes",),
-            naee_refusal=_ZAYA_NAEE,
+            naee_refusal=ZAYA_NAEE,
             gate="MLP router (+ previous layer's router states) -> softmax -> top-k by softmax + balancing bias "
             "(or a skip expert)",
-            renormalises=_never,
+            renormalises=never,
         ),
         # A token classifier (AutoModelForTokenClassification) with gpt_oss-style experts.
         Family(
@@ -392,23 +300,23 @@ FAMILIES: dict[str, Family] = {
             "qwen3_omni_moe_thinker",
             ("num_experts",),
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=_norm_topk_prob,
+            renormalises=norm_topk_prob,
         ),
         Family(
             "deepseek_ocr2",
             ("n_routed_experts",),
             gate="softmax -> (group-limited) top-k, scaled",
-            renormalises=_never,
+            renormalises=never,
             shared_attrs=("shared_experts",),
-            group_routing=_deepseek_v2_groups,
+            group_routing=deepseek_v2_groups,
         ),
         Family(
             "unlimited_ocr",
             ("n_routed_experts",),
             gate="softmax -> (group-limited) top-k, scaled",
-            renormalises=_never,
+            renormalises=never,
             shared_attrs=("shared_experts",),
-            group_routing=_deepseek_v2_groups,
+            group_routing=deepseek_v2_groups,
         ),
         Family(
             "aria",
@@ -436,10 +344,10 @@ FAMILIES: dict[str, Family] = {
             "muse_spark",
             ("num_local_experts",),
             experts_read_projection=True,
-            naee_refusal=_PROJECTED_NAEE,
+            naee_refusal=PROJECTED_NAEE,
             gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
         ),
-        Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=_norm_topk_prob),
+        Family("vmoe", ("num_local_experts",), gate="softmax -> top-k -> renormalise", renormalises=norm_topk_prob),
     )
 }
 
