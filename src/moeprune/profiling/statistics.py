@@ -356,7 +356,7 @@ def save_profile(profile: Profile, out_dir: str | Path) -> None:
     }
     save_file(tensors, str(out_dir / PROFILE_FILE), metadata={"format": "moeprune-profile"})
     (out_dir / SUMMARY_FILE).write_text(json.dumps(profile.summary, indent=2) + "\n")
-    from moeprune.profiling_plots import plot_coactivation, plot_expert_load
+    from moeprune.profiling.plots import plot_coactivation, plot_expert_load
 
     plot_expert_load(profile.layers, out_dir / "plots" / "expert_load.png")
     plot_coactivation(profile.layers, out_dir / "plots" / "coactivation.png")
