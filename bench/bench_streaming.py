@@ -153,18 +153,18 @@ def worker(mode: str, model: Path, calib: Path, out: Path) -> dict:
     """One mode in this process: profile, then wanda; returns peak RSS and timings."""
     from transformers import MixtralForCausalLM  # noqa: F401  (the modeling code is part of the floor)
 
+    from moeprune.config import ProfileOptions, UnstructuredOptions, UnstructuredSection
     from moeprune.stages import profile as profile_stage
     from moeprune.stages import prune_unstructured
 
     streaming = mode == "streaming"
     floor = _peak_rss()
     start = time.perf_counter()
-    profile_stage.run(model=model, calib=calib, out=out / "profile", streaming=streaming)
+    profile_stage.run(model=model, calib=calib, out=out / "profile", params=ProfileOptions(streaming=streaming))
     profiled = time.perf_counter()
     after_profile = _peak_rss()
-    summary = prune_unstructured.run(
-        model=model, method="wanda", sparsity=SPARSITY, calib=calib, out=out / "pruned", streaming=streaming
-    )
+    wanda = UnstructuredSection(method="wanda", options=UnstructuredOptions(sparsity=SPARSITY, streaming=streaming))
+    summary = prune_unstructured.run(model=model, out=out / "pruned", params=wanda, calib=calib)
     return {
         "mode": mode,
         "streamed": bool(summary["streaming"]),

@@ -1,6 +1,7 @@
 """`moeprune`: one subcommand per pipeline stage (docs/design.md, "The stages and their contracts").
 
-Each command parses its flags and calls `moeprune.stages.<stage>.run(...)`; nothing else lives here.
+Each command parses its flags, builds the stage's params model (`moeprune.config`, validated once, here) and
+calls `moeprune.stages.<stage>.run(...)` with it and the paths; nothing else lives here.
 """
 
 from __future__ import annotations
@@ -14,14 +15,22 @@ import importlib  # noqa: E402
 import sys  # noqa: E402
 from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+from typing import Annotated, Any, NoReturn  # noqa: E402
 
 import typer  # noqa: E402
 
 from moeprune.catalog.scorers import SCORERS  # noqa: E402
 from moeprune.catalog.tasks import TASKS, usage  # noqa: E402
 from moeprune.catalog.unstructured import UNSTRUCTURED, unstructured_choices  # noqa: E402
+from moeprune.config import (  # noqa: E402
+    CalibrateSection,
+    EvaluateSection,
+    ProfileOptions,
+    ScoreSection,
+    UnstructuredSection,
+)
 from moeprune.errors import MoepruneError  # noqa: E402
+from moeprune.validation import M, from_flags  # noqa: E402
 
 app = typer.Typer(
     name="moeprune",
@@ -38,13 +47,24 @@ def _call(stage: str, **kwargs: Any) -> Any:
     try:
         return module.run(**kwargs)
     except MoepruneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc))
     except OSError as exc:
         if exc.errno not in _SYSTEM_FAULTS:
             raise
-        typer.echo(f"error: {_system_fault(exc)}", err=True)
-        raise typer.Exit(1) from None
+        _fail(_system_fault(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1) from None
+
+
+def _params(model: type[M], **values: Any) -> M:
+    """The stage's params model (`moeprune.config`) built from the command's flags; a bad value exits 1."""
+    try:
+        return from_flags(model, **values)
+    except MoepruneError as exc:
+        _fail(str(exc))
 
 
 _SYSTEM_FAULTS = {
@@ -138,16 +158,8 @@ def calibrate(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw calibration samples (tokens or images) into a safetensors file with a JSON sidecar."""
-    _call(
-        "calibrate",
-        model=model,
-        source=source,
-        samples=samples,
-        seq_len=seq_len,
-        out=out,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    params = _params(CalibrateSection, source=source, samples=samples, seq_len=seq_len, seed=seed)
+    _call("calibrate", model=model, out=out, params=params, overwrite=overwrite)
 
 
 @app.command()
@@ -161,16 +173,8 @@ def profile(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Record routing and activation statistics of every MoE layer on the calibration data."""
-    _call(
-        "profile",
-        model=model,
-        calib=calib,
-        out=out,
-        batch_size=batch_size,
-        streaming=streaming,
-        device=device,
-        overwrite=overwrite,
-    )
+    params = _params(ProfileOptions, streaming=streaming, **{"batch-size": batch_size})
+    _call("profile", model=model, calib=calib, out=out, params=params, device=device, overwrite=overwrite)
 
 
 def _split_options(pairs: list[str]) -> dict[str, str]:
@@ -210,16 +214,15 @@ def score(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Score every routed expert and choose the keep-set of each MoE layer."""
+    params = _params(ScoreSection, method=method, expert_sparsity=expert_sparsity, seed=seed)
     _call(
         "score",
         model=model,
-        method=method,
-        expert_sparsity=expert_sparsity,
         out=out,
+        params=params,
         profile=profile,
         reference=reference,
         calib=calib,
-        seed=seed,
         options=_split_options(option or []),
         device=device,
         overwrite=overwrite,
@@ -263,23 +266,10 @@ def prune_unstructured(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Zero individual weights layer by layer (expert-aware Wanda / SparseGPT, OWL, N:M)."""
-    _call(
-        "prune_unstructured",
-        model=model,
-        method=method,
-        out=out,
-        sparsity=sparsity,
-        total_sparsity=total_sparsity,
-        calib=calib,
-        owl=owl,
-        nm=nm,
-        targets=targets,
-        calibrate_all_experts=calibrate_all_experts,
-        streaming=streaming,
-        batch_size=batch_size,
-        device=device,
-        overwrite=overwrite,
-    )
+    flags = {"sparsity": sparsity, "total-sparsity": total_sparsity, "owl": owl, "nm": nm, "targets": targets}
+    flags |= {"calibrate-all-experts": calibrate_all_experts, "streaming": streaming, "batch-size": batch_size}
+    params = _params(UnstructuredSection, method=method, options=flags)
+    _call("prune_unstructured", model=model, out=out, params=params, calib=calib, device=device, overwrite=overwrite)
 
 
 @app.command()
@@ -303,19 +293,9 @@ def evaluate(
     ] = False,
 ) -> None:
     """Measure task accuracy plus sparsity and size figures; write a flat metrics JSON."""
-    _call(
-        "evaluate",
-        model=model,
-        task=task,
-        out=out,
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        overwrite=overwrite,
-        include_path=include_path,
-        backend=backend,
-        streaming=streaming,
-    )
+    lm_eval = {"backend": backend, "include-path": None if include_path is None else str(include_path)}
+    params = _params(EvaluateSection, task=task, limit=limit, batch_size=batch_size, lm_eval=lm_eval)
+    _call("evaluate", model=model, out=out, params=params, streaming=streaming, device=device, overwrite=overwrite)
 
 
 @app.command()

@@ -21,15 +21,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from moeprune.catalog.scorers import SCORERS
-from moeprune.catalog.tasks import task_prefixes
+from moeprune.catalog.tasks import TASKS, task_prefixes, usage
 from moeprune.catalog.unstructured import unstructured_choices
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.lm_eval_tasks import BACKENDS as LM_EVAL_BACKENDS
 from moeprune.testbed.presets import PRESETS
-from moeprune.validation import check_fraction, parse_nm
+from moeprune.validation import check_fraction, parse_nm, validation_problems
 
 # The method and task names come from their registries (`moeprune.catalog`), never typed here.
 SCORE_METHODS = tuple(SCORERS.names())
@@ -135,9 +142,10 @@ class CalibrateSection(Section):
 
 
 class ProfileOptions(Section):
-    """Flags of `moeprune profile` as dvc.yaml unpacks them (`--streaming` when true)."""
+    """Flags of `moeprune profile` as dvc.yaml unpacks them (`--streaming` when true, `--batch-size`)."""
 
     streaming: bool = False
+    batch_size: int = Field(8, gt=0, alias="batch-size")
 
 
 class ScoreSection(Section):
@@ -162,13 +170,18 @@ class UnstructuredOptions(Section):
     """Flags of `moeprune prune-unstructured` as dvc.yaml unpacks them (keys are the flag names).
 
     Exactly one of `sparsity` (per layer, on what remains) and `total-sparsity` (over the original
-    model, removed experts counting as zeros).
+    model, removed experts counting as zeros), or `nm` (its sparsity is 1 - N/M, optionally repeated in
+    `sparsity`); method `none` needs none of them (`UnstructuredSection`).
     """
 
     sparsity: float | None = None
     total_sparsity: float | None = Field(None, alias="total-sparsity")
     owl: bool = False
     nm: str | None = None
+    targets: Literal["all", "experts"] = "all"
+    calibrate_all_experts: bool = Field(False, alias="calibrate-all-experts")
+    streaming: bool = False
+    batch_size: int = Field(8, gt=0, alias="batch-size")
 
     @field_validator("sparsity", "total_sparsity")
     @classmethod
@@ -182,11 +195,13 @@ class UnstructuredOptions(Section):
             parse_nm(value)
         return value
 
-    @model_validator(mode="after")
-    def _one_target(self) -> UnstructuredOptions:
-        if (self.sparsity is None) == (self.total_sparsity is None):
+    def check_target(self) -> None:
+        """ValueError unless the options name one sparsity target (what every method but `none` needs)."""
+        if self.nm is not None:
+            if self.owl or self.total_sparsity is not None:
+                raise ValueError("nm fixes the sparsity at 1 - N/M; it cannot be combined with owl or total-sparsity")
+        elif (self.sparsity is None) == (self.total_sparsity is None):
             raise ValueError("give exactly one of sparsity and total-sparsity")
-        return self
 
 
 class UnstructuredSection(Section):
@@ -199,6 +214,13 @@ class UnstructuredSection(Section):
     @classmethod
     def _method(cls, value: str) -> str:
         return check_choice(value, UNSTRUCTURED_METHODS, "unstructured method")
+
+    @field_validator("options")
+    @classmethod
+    def _one_target(cls, value: UnstructuredOptions, info: ValidationInfo) -> UnstructuredOptions:
+        if info.data.get("method", "none") != "none":  # "none" copies (and a bad method is reported alone)
+            value.check_target()
+        return value
 
 
 class LmEvalOptions(Section):
@@ -220,14 +242,18 @@ class EvaluateSection(Section):
     """Evaluation: `moeprune evaluate --task --limit --batch-size` (base and pruned model)."""
 
     task: str = "gsm8k-local:runs/testbed/lm/data/test.jsonl"
-    limit: int = Field(200, gt=0)
+    limit: int | None = Field(200, gt=0)  # None: every example (the CLI's default)
     batch_size: int = Field(32, gt=0)
     lm_eval: LmEvalOptions = Field(default_factory=LmEvalOptions)
 
     @field_validator("task")
     @classmethod
     def _task(cls, value: str) -> str:
-        return check_prefixed(value, EVALUATION_TASKS, "evaluation task")
+        for task in filter(None, (part.strip() for part in value.split(","))):  # comma-separated
+            if task.partition(":")[0] not in TASKS.names():  # its argument is checked by the stage (files)
+                valid = ", ".join(usage(entry) for entry in TASKS.entries())
+                raise ValueError(f"unknown evaluation task {task!r}; valid tasks: {valid}")
+        return value
 
 
 class RegistrySection(Section):
@@ -333,18 +359,8 @@ class Params(Section):
 
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem: `<file>: <dotted.key>: <message>`."""
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling against params.yaml's documented sections)"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        if "input" in item and item["type"] not in ("value_error", "extra_forbidden", "missing"):
-            message += f", got {item['input']!r}"
-        lines.append(f"{source}: {key}: {message}")
-    return "; ".join(lines)
+    problems = validation_problems(error)
+    return "; ".join(f"{source}: {'.'.join(map(str, loc)) or '(top level)'}: {message}" for loc, message in problems)
 
 
 def parse_params(data: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -1,5 +1,8 @@
 """One helper per validation rule, shared by config.py's pydantic validators and the stages. No torch.
 
+`from_flags` builds a config.py model from a command's flags (the CLI does this; the stages take the model
+and do not check its values again).
+
 A rule is checked in two places with one wording each:
 - a params.yaml field (`what` left empty): a ValueError with the bare rule, `must be in [0, 1), got 1.5`;
   pydantic puts the field's location in front (`score.expert_sparsity: must be ...`).
@@ -10,8 +13,13 @@ A rule is checked in two places with one wording each:
 from __future__ import annotations
 
 import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from moeprune.errors import MoepruneError
+
+M = TypeVar("M", bound=BaseModel)
 
 _NM = re.compile(r"(\d+):(\d+)")
 
@@ -53,3 +61,38 @@ def parse_nm(text: str, what: str = "") -> tuple[int, int]:
         raise ValueError(f"needs 0 < N < M, got {text!r}")
     check_nm(n, m)
     return n, m
+
+
+def validation_problems(error: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, message) of every problem of a pydantic error, in the wording moeprune prints."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against params.yaml's documented sections)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        if "input" in item and item["type"] not in ("value_error", "extra_forbidden", "missing"):
+            message += f", got {item['input']!r}"
+        problems.append((tuple(item["loc"]), message))
+    return problems
+
+
+_GROUPS = ("options", "lm_eval")  # sub-models whose keys are flags themselves
+
+
+def from_flags(model: type[M], **values: Any) -> M:
+    """A params model built from a command's flags (`values` keyed by field name or alias).
+
+    Raises:
+        MoepruneError: one line naming each bad flag, `--samples: Input should be greater than 0, got 0`;
+            a rule spanning several flags (`give exactly one of ...`) is named by its message alone.
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        lines = []
+        for loc, message in validation_problems(error):
+            name = str(loc[-1]) if loc else ""
+            lines.append(message if not name or name in _GROUPS else f"--{name.replace('_', '-')}: {message}")
+        raise MoepruneError("; ".join(lines)) from None

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from builders import unstructured_params
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -15,6 +16,7 @@ from moeprune.checkpoint.budget import memory_budget_bytes, use_streaming
 from moeprune.checkpoint.shards import INDEX_FILE, ShardReader, write_file
 from moeprune.checkpoint.source import InMemorySource, open_model
 from moeprune.checkpoint.streamed import StreamedSource
+from moeprune.config import ProfileOptions, ScoreSection
 from moeprune.errors import MoepruneError
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import prune_unstructured
@@ -91,9 +93,11 @@ CPU = "cpu"
 
 def test_profile_statistics_are_identical(saved, tmp_path):
     root, calib = saved
-    common = dict(model=root / "model", calib=calib, batch_size=4, device=CPU)
-    memory = profile_stage.run(out=tmp_path / "mem", **common)
-    streamed = profile_stage.run(out=tmp_path / "str", streaming=True, **common)
+    common = dict(model=root / "model", calib=calib, device=CPU)
+    memory = profile_stage.run(out=tmp_path / "mem", params=ProfileOptions(**{"batch-size": 4}), **common)
+    streamed = profile_stage.run(
+        out=tmp_path / "str", params=ProfileOptions(streaming=True, **{"batch-size": 4}), **common
+    )
     assert not memory["streaming"] and streamed["streaming"]
     expected = load_file(str(tmp_path / "mem" / "profile.safetensors"))
     got = load_file(str(tmp_path / "str" / "profile.safetensors"))
@@ -105,9 +109,13 @@ def test_profile_statistics_are_identical(saved, tmp_path):
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])
 def test_pruned_weights_are_identical_and_load_with_stock_transformers(saved, tmp_path, method):
     root, calib = saved
-    common = dict(model=root / "model", method=method, sparsity=0.5, calib=calib, batch_size=4, device=CPU)
-    memory = prune_unstructured.run(out=tmp_path / "mem", **common)
-    streamed = prune_unstructured.run(out=tmp_path / "str", streaming=True, **common)
+    common = dict(model=root / "model", calib=calib, device=CPU)
+    memory = prune_unstructured.run(
+        out=tmp_path / "mem", params=unstructured_params(method, sparsity=0.5, batch_size=4), **common
+    )
+    streamed = prune_unstructured.run(
+        out=tmp_path / "str", params=unstructured_params(method, sparsity=0.5, batch_size=4, streaming=True), **common
+    )
     assert streamed["streaming"] and not memory["streaming"]
     assert [e["zeros"] for e in streamed["layers"]] == [e["zeros"] for e in memory["layers"]]
     expected, got = _state(tmp_path / "mem"), _state(tmp_path / "str")
@@ -129,9 +137,11 @@ def test_owl_and_total_sparsity_stream_identically(tmp_path):
     calib = tmp_path / "calib.safetensors"
     save_file({"input_ids": torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(2))}, str(calib))
     for kwargs in ({"owl": True, "sparsity": 0.5}, {"total_sparsity": 0.4}):
-        common = dict(model=model_dir, method="wanda", calib=calib, device=CPU, **kwargs)
-        memory = prune_unstructured.run(out=tmp_path / "mem", **common)
-        streamed = prune_unstructured.run(out=tmp_path / "str", streaming=True, **common)
+        common = dict(model=model_dir, calib=calib, device=CPU)
+        memory = prune_unstructured.run(out=tmp_path / "mem", params=unstructured_params("wanda", **kwargs), **common)
+        streamed = prune_unstructured.run(
+            out=tmp_path / "str", params=unstructured_params("wanda", streaming=True, **kwargs), **common
+        )
         assert streamed["rate"] == memory["rate"]
         assert [e["target_sparsity"] for e in streamed["layers"]] == [e["target_sparsity"] for e in memory["layers"]]
         expected, got = _state(tmp_path / "mem"), _state(tmp_path / "str")
@@ -156,9 +166,8 @@ def test_errors(saved, tmp_path):
     with pytest.raises(MoepruneError, match="score always reads one layer at a time"):
         score_stage.run(
             model=root / "model",
-            method="random",
-            expert_sparsity=0.5,
             out=tmp_path / "r.json",
+            params=ScoreSection(method="random", expert_sparsity=0.5),
             options={"streaming": True},
         )
     broken = tmp_path / "broken"

@@ -6,12 +6,14 @@ import warnings
 
 import pytest
 import torch
+from builders import evaluate_params
 from safetensors.torch import save_file
 
 from moeprune.arch import get_adapter, load_model, merge_experts, remove_experts
 from moeprune.arch.loading import _auto_class
 from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.streamed import StreamedSource
+from moeprune.config import ScoreSection
 from moeprune.data.calibration import calibration_batches
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.efficiency import sparsity_figures
@@ -148,9 +150,8 @@ def test_score_reads_only_what_the_method_needs_and_equals_in_memory(
     watch = _Watch(monkeypatch)
     record = score_stage.run(
         model=paths["model"],
-        method=method,
-        expert_sparsity=0.5,
         out=tmp_path / "s.json",
+        params=ScoreSection(method=method, expert_sparsity=0.5),
         options=options,
         device="cpu",
         **supplied,
@@ -202,15 +203,13 @@ def test_perplexity_streamed_equals_in_memory_and_generation_refuses_streaming(t
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps({"question": "w5 w6", "answer": "w7 #### 3"}) + "\n")
     with pytest.raises(MoepruneError, match=r"task 'gsm8k-local' needs the whole model .* --streaming was given"):
-        evaluate_stage.run(
-            model=tmp_path / "lm", task=f"gsm8k-local:{problems}", out=tmp_path / "m.json", streaming=True
-        )
+        evaluate_stage.run(tmp_path / "lm", tmp_path / "m.json", evaluate_params(f"gsm8k-local:{problems}"), True)
     assert not (tmp_path / "m.json").exists()
-    in_memory = evaluate_stage.run(model=tmp_path / "lm", task=f"perplexity:{text}", out=tmp_path / "mem.json")
+    in_memory = evaluate_stage.run(tmp_path / "lm", tmp_path / "mem.json", evaluate_params(f"perplexity:{text}"))
     monkeypatch.setenv("MOEPRUNE_MEMORY_BUDGET_GB", "0.00001")  # about 10 KB: the float32 model cannot fit
     with pytest.raises(MoepruneError, match=r"it needs .* GiB and the memory budget is .*--device cuda"):
-        evaluate_stage.run(model=tmp_path / "lm", task=f"gsm8k-local:{problems}", out=tmp_path / "m.json")
-    record = evaluate_stage.run(model=tmp_path / "lm", task=f"perplexity:{text}", out=tmp_path / "p.json")
+        evaluate_stage.run(tmp_path / "lm", tmp_path / "m.json", evaluate_params(f"gsm8k-local:{problems}"))
+    record = evaluate_stage.run(tmp_path / "lm", tmp_path / "p.json", evaluate_params(f"perplexity:{text}"))
     streamed_on_its_own = {k: v for k, v in record.items() if k != "seconds"}
     assert streamed_on_its_own == {k: v for k, v in in_memory.items() if k != "seconds"}  # figures included
 

@@ -50,15 +50,17 @@ class Workspace:
 def ws(tmp_path_factory) -> Workspace:
     from builders import save_tiny_lm, write_gsm8k_jsonl
 
+    from moeprune.config import CalibrateSection, ScoreSection
     from moeprune.stages import calibrate, profile, score
 
     root = tmp_path_factory.mktemp("ws")
     model, other = save_tiny_lm(root / "model"), save_tiny_lm(root / "other", seed=1)
     problems = write_gsm8k_jsonl(root / "train.jsonl")
     calib = root / "calib.safetensors"
-    calibrate.run(model, f"gsm8k-local:{problems}", 4, 16, calib)
+    calibrate.run(model, calib, CalibrateSection(source=f"gsm8k-local:{problems}", samples=4, seq_len=16))
     profile.run(model, calib, root / "profile", device="cpu")
-    score.run(model, "frequency", 0.5, root / "scores.json", profile=root / "profile", device="cpu")
+    scores = ScoreSection(method="frequency", expert_sparsity=0.5)
+    score.run(model, root / "scores.json", scores, profile=root / "profile", device="cpu")
     return Workspace(model, other, problems, calib, root / "profile", root / "scores.json")
 
 
@@ -230,7 +232,7 @@ CASES = [
     Case("calib-source-unknown", CALIB, lambda w, d, m: calib(w, d, source="ftp:x"), "unknown calibration source"),
     Case("calib-source-missing", CALIB, lambda w, d, m: calib(w, d, source=f"gsm8k-local:{d / 'none.jsonl'}"), "does not exist"),
     Case("calib-source-not-jsonl", CALIB, lambda w, d, m: calib(w, d, source=f"gsm8k-local:{write(d / 'p.jsonl', '{oops')}"), "is not valid JSON"),
-    Case("calib-samples-zero", CALIB, lambda w, d, m: calib(w, d, samples="0"), "--samples must be a positive"),
+    Case("calib-samples-zero", CALIB, lambda w, d, m: calib(w, d, samples="0"), "--samples: Input should be greater than 0"),
     Case("calib-seq-len-too-long", CALIB, lambda w, d, m: calib(w, d, seq_len="4096"), "exceeds the model's context"),
     Case("scores-just-5", SCORES, lambda w, d, m: prune(w.model, write(d / "s.json", "5"), d), "holds a JSON int"),
     Case("scores-not-json", SCORES, lambda w, d, m: prune(w.model, write(d / "s.json", "{"), d), "is not valid JSON"),

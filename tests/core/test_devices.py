@@ -67,15 +67,17 @@ def tiny_checkpoint(tmp_path_factory):
 
 def _chain(model, calib, out, device):
     """profile -> naee -> sparsegpt on `device`; returns (profile summary, scores, pruned weights)."""
+    from builders import unstructured_params
     from safetensors.torch import load_file
 
+    from moeprune.config import ScoreSection
     from moeprune.stages import profile, prune_unstructured, score
 
     summary = profile.run(model=model, calib=calib, out=out / "profile", device=device)
-    scores = score.run(model=model, method="naee", expert_sparsity=0.5, calib=calib, out=out / "s.json", device=device)
-    prune_unstructured.run(
-        model=model, method="sparsegpt", sparsity=0.5, calib=calib, out=out / "pruned", device=device
-    )
+    naee = ScoreSection(method="naee", expert_sparsity=0.5)
+    scores = score.run(model=model, out=out / "s.json", params=naee, calib=calib, device=device)
+    sparsegpt = unstructured_params("sparsegpt", sparsity=0.5)
+    prune_unstructured.run(model=model, out=out / "pruned", params=sparsegpt, calib=calib, device=device)
     stats = load_file(str(out / "profile" / "profile.safetensors"))
     weights = load_file(str(out / "pruned" / "model.safetensors"))
     return summary, scores, stats, weights
@@ -104,27 +106,23 @@ def test_stages_run_on_the_device_and_agree_with_the_cpu(tmp_path, tiny_checkpoi
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_streaming_on_the_device_matches_in_memory_on_the_cpu(tmp_path, tiny_checkpoint, device):
+    from builders import unstructured_params
     from safetensors.torch import load_file
 
     from moeprune.checkpoint.shards import ShardReader
     from moeprune.checkpoint.source import open_model
+    from moeprune.config import ProfileOptions
     from moeprune.stages import profile, prune_unstructured
 
     model, calib = tiny_checkpoint
     assert open_model(model, streaming=True, device=device).model.model.embed_tokens.weight.is_meta
     for streaming, where in ((True, device), (False, "cpu")):
         out = tmp_path / f"{streaming}"
-        summary = profile.run(model=model, calib=calib, out=out / "profile", streaming=streaming, device=where)
+        params = ProfileOptions(streaming=streaming)
+        summary = profile.run(model=model, calib=calib, out=out / "profile", params=params, device=where)
         assert summary["streaming"] is streaming
-        prune_unstructured.run(
-            model=model,
-            method="wanda",
-            sparsity=0.5,
-            calib=calib,
-            out=out / "pruned",
-            streaming=streaming,
-            device=where,
-        )
+        wanda = unstructured_params("wanda", sparsity=0.5, streaming=streaming)
+        prune_unstructured.run(model=model, out=out / "pruned", params=wanda, calib=calib, device=where)
     streamed = load_file(str(tmp_path / "True" / "profile" / "profile.safetensors"))
     in_memory = load_file(str(tmp_path / "False" / "profile" / "profile.safetensors"))
     for name, tensor in in_memory.items():

@@ -92,24 +92,29 @@ def test_evaluation_temporaries_live_beside_the_output_and_go(model, tmp_path, m
 
 
 def test_every_stage_reruns_into_its_own_output_and_refuses_another_stages(tmp_path):
-    from builders import save_tiny_lm, write_gsm8k_jsonl
+    from builders import evaluate_params, save_tiny_lm, unstructured_params, write_gsm8k_jsonl
 
+    from moeprune.config import CalibrateSection, ScoreSection
     from moeprune.errors import MoepruneError
     from moeprune.stages import calibrate, evaluate, profile, prune_unstructured, score
 
     lm, problems = save_tiny_lm(tmp_path / "lm"), write_gsm8k_jsonl(tmp_path / "p.jsonl")
     calib, prof, scores = tmp_path / "c.safetensors", tmp_path / "prof", tmp_path / "s.json"
     pruned, metrics = tmp_path / "pruned", tmp_path / "m.json"
+    frequency, perplexity = (
+        ScoreSection(method="frequency", expert_sparsity=0.5),
+        evaluate_params(f"perplexity:{problems}", 1),
+    )
     for _ in range(2):  # the second round replaces each stage's own first output
-        calibrate.run(lm, f"gsm8k-local:{problems}", 4, 16, calib)
+        calibrate.run(lm, calib, CalibrateSection(source=f"gsm8k-local:{problems}", samples=4, seq_len=16))
         profile.run(lm, calib, prof, device="cpu")
-        score.run(lm, "frequency", 0.5, scores, profile=prof, device="cpu")
-        prune_unstructured.run(lm, "magnitude", pruned, sparsity=0.5, device="cpu")
-        evaluate.run(lm, f"perplexity:{problems}", metrics, limit=1, device="cpu")
+        score.run(lm, scores, frequency, profile=prof, device="cpu")
+        prune_unstructured.run(lm, pruned, unstructured_params("magnitude", sparsity=0.5), device="cpu")
+        evaluate.run(lm, metrics, perplexity, device="cpu")
     with pytest.raises(MoepruneError, match="not an earlier `moeprune profile`"):
         profile.run(lm, calib, pruned, device="cpu")
     with pytest.raises(MoepruneError, match="not an earlier `moeprune score`"):
-        score.run(lm, "frequency", 0.5, metrics, profile=prof, device="cpu")
+        score.run(lm, metrics, frequency, profile=prof, device="cpu")
     with pytest.raises(MoepruneError, match="not an earlier `moeprune evaluate`"):
-        evaluate.run(lm, f"perplexity:{problems}", scores, limit=1, device="cpu")
+        evaluate.run(lm, scores, perplexity, device="cpu")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

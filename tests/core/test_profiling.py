@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moeprune.arch import get_adapter
+from moeprune.config import ProfileOptions
 from moeprune.errors import MoepruneError
 from moeprune.profiling import STAT_NAMES, forward_batch, load_profile, profile_model, profiling
 from moeprune.stages import profile as profile_stage
@@ -99,7 +100,7 @@ def _write_model_and_calib(tmp_path, family="mixtral"):
 def test_profile_stage_writes_tensors_summary_and_plots(tmp_path):
     model, model_dir, calib = _write_model_and_calib(tmp_path)
     out = tmp_path / "profile"
-    summary = profile_stage.run(model=model_dir, calib=calib, out=out, batch_size=4)
+    summary = profile_stage.run(model=model_dir, calib=calib, out=out, params=ProfileOptions(**{"batch-size": 4}))
     tensors = load_file(str(out / "profile.safetensors"))
     assert {f"layers.{i}.{name}" for i in (0, 1) for name in STAT_NAMES} == set(tensors)
     written = json.loads((out / "profile.json").read_text())

@@ -9,6 +9,7 @@ import pytest
 import torch
 from builders import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
 
+from moeprune.config import CalibrateSection
 from moeprune.data.calibration import (
     calibration_batches,
     load_calibration,
@@ -19,6 +20,13 @@ from moeprune.data.calibration import (
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import sha256_file
 from moeprune.stages import calibrate
+from moeprune.validation import from_flags
+
+
+def _calibrate(model: Path, source: str, samples: int, seq_len: int, out: Path, seed: int = 0) -> dict:
+    """`moeprune calibrate` as the CLI runs it: the params model from the flags, then the stage."""
+    params = from_flags(CalibrateSection, source=source, samples=samples, seq_len=seq_len, seed=seed)
+    return calibrate.run(model, out, params)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,9 @@ def problems(tmp_path_factory) -> Path:
 
 
 def test_gsm8k_windows_are_deterministic_and_the_sidecar_hashes_the_file(lm, problems, tmp_path):
-    first = calibrate.run(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "a.safetensors", seed=3)
-    second = calibrate.run(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "b.safetensors", seed=3)
-    other = calibrate.run(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "c.safetensors", seed=4)
+    first = _calibrate(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "a.safetensors", seed=3)
+    second = _calibrate(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "b.safetensors", seed=3)
+    other = _calibrate(lm, f"gsm8k-local:{problems}", 6, 16, tmp_path / "c.safetensors", seed=4)
     ids = load_calibration(tmp_path / "a.safetensors")["input_ids"]
     assert ids.shape == (6, 16) and ids.dtype == torch.int64
     assert torch.equal(ids, load_calibration(tmp_path / "b.safetensors")["input_ids"])
@@ -50,7 +58,7 @@ def test_gsm8k_windows_are_deterministic_and_the_sidecar_hashes_the_file(lm, pro
 def test_windows_are_slices_of_the_gsm8k_prompt_stream(lm, problems, tmp_path):
     from transformers import AutoTokenizer
 
-    calibrate.run(lm, f"gsm8k-local:{problems}", 8, 12, tmp_path / "c.safetensors", seed=0)
+    _calibrate(lm, f"gsm8k-local:{problems}", 8, 12, tmp_path / "c.safetensors", seed=0)
     tokenizer = AutoTokenizer.from_pretrained(lm)
     records = [json.loads(line) for line in problems.read_text().splitlines()]
     documents = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in records]
@@ -66,9 +74,9 @@ def test_text_sources_plain_and_jsonl(lm, tmp_path):
     plain.write_text("Tom has 3 red apples. Anna has 4 blue books. " * 10)
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": f"Sam eats {i} coins."}) for i in range(10)) + "\n")
-    info = calibrate.run(lm, f"text:{plain}", 4, 20, tmp_path / "p.safetensors")
+    info = _calibrate(lm, f"text:{plain}", 4, 20, tmp_path / "p.safetensors")
     assert info["source_tokens"] == 121  # 12 tokens per sentence pair x 10, plus one EOS
-    calibrate.run(lm, f"text:{jsonl}", 3, 8, tmp_path / "j.safetensors")
+    _calibrate(lm, f"text:{jsonl}", 3, 8, tmp_path / "j.safetensors")
     batches = list(calibration_batches(tmp_path / "j.safetensors", 2))
     assert [b["input_ids"].shape[0] for b in batches] == [2, 1]
 
@@ -80,8 +88,8 @@ def test_hf_source_reads_a_local_dataset_from_the_cache(lm, problems, tmp_path, 
     folder = tmp_path / "local_ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text(problems.read_text())
-    info = calibrate.run(lm, f"hf:{folder}:train", 4, 16, tmp_path / "h.safetensors")
-    local = calibrate.run(lm, f"gsm8k-local:{problems}", 4, 16, tmp_path / "g.safetensors")
+    info = _calibrate(lm, f"hf:{folder}:train", 4, 16, tmp_path / "h.safetensors")
+    local = _calibrate(lm, f"gsm8k-local:{problems}", 4, 16, tmp_path / "g.safetensors")
     assert info["source_tokens"] == local["source_tokens"]  # same documents, same GSM8K formatting
     from_hf = load_calibration(tmp_path / "h.safetensors")["input_ids"]
     assert torch.equal(from_hf, load_calibration(tmp_path / "g.safetensors")["input_ids"])
@@ -97,7 +105,7 @@ def _bad_inputs(tmp: Path, problems: Path) -> dict[str, tuple[str, int, int, str
     short = tmp / "short.txt"
     short.write_text("Tom has 3 apples.")
     return {  # name: (source, samples, seq_len, words the message must hold)
-        "unknown prefix": ("csv:data.csv", 4, 16, "valid sources: gsm8k-local:PATH, text:PATH, imagefolder:DIR"),
+        "unknown prefix": ("csv:data.csv", 4, 16, "unknown calibration source 'csv:data.csv'"),
         "missing path": (f"gsm8k-local:{tmp / 'nope.jsonl'}", 4, 16, "does not exist"),
         "empty jsonl": (f"gsm8k-local:{empty}", 4, 16, "is empty"),
         "no answer": (f"gsm8k-local:{no_answer}", 4, 16, "'question' and 'answer'"),
@@ -116,7 +124,7 @@ def test_every_bad_input_raises_and_writes_nothing(lm, problems, tmp_path):
     out_dir = tmp_path / "out"
     for name, (source, samples, seq_len, message) in _bad_inputs(data, problems).items():
         with pytest.raises(MoepruneError) as error:
-            calibrate.run(lm, source, samples, seq_len, out_dir / "calib.safetensors")
+            _calibrate(lm, source, samples, seq_len, out_dir / "calib.safetensors")
         assert message in str(error.value), name
         assert "\n" not in str(error.value), name
         assert not out_dir.exists() or not any(out_dir.iterdir()), name
@@ -124,7 +132,7 @@ def test_every_bad_input_raises_and_writes_nothing(lm, problems, tmp_path):
 
 def test_missing_model_raises(problems, tmp_path):
     with pytest.raises(MoepruneError, match="does not exist"):
-        calibrate.run(tmp_path / "nomodel", f"gsm8k-local:{problems}", 4, 16, tmp_path / "c.safetensors")
+        _calibrate(tmp_path / "nomodel", f"gsm8k-local:{problems}", 4, 16, tmp_path / "c.safetensors")
     assert not (tmp_path / "c.safetensors").exists()
 
 
@@ -135,8 +143,8 @@ def vision(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_imagefolder_images_are_processed_and_deterministic(vision, tmp_path):
     model, images = vision
-    info = calibrate.run(model, f"imagefolder:{images}", 5, 16, tmp_path / "a.safetensors", seed=1)
-    calibrate.run(model, f"imagefolder:{images}", 5, 16, tmp_path / "b.safetensors", seed=1)
+    info = _calibrate(model, f"imagefolder:{images}", 5, 16, tmp_path / "a.safetensors", seed=1)
+    _calibrate(model, f"imagefolder:{images}", 5, 16, tmp_path / "b.safetensors", seed=1)
     tensors = load_calibration(tmp_path / "a.safetensors")
     assert tensors["pixel_values"].shape == (5, 1, 8, 8) and tensors["pixel_values"].dtype == torch.float32
     assert tensors["labels"].dtype == torch.int64 and set(tensors["labels"].tolist()) <= {0, 1}
@@ -161,5 +169,5 @@ def test_bad_image_inputs_raise_and_write_nothing(vision, problems, tmp_path):
     }
     for source, (samples, message) in cases.items():
         with pytest.raises(MoepruneError, match=message):
-            calibrate.run(model, source, samples, 16, tmp_path / "out" / "c.safetensors")
+            _calibrate(model, source, samples, 16, tmp_path / "out" / "c.safetensors")
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

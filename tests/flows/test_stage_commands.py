@@ -31,7 +31,17 @@ EVERY_OPTION = {
     "calibrate": {"source": "text:mine/data/c.txt", "samples": 5, "seq_len": 33, "seed": 2},
     "profile": {"streaming": True},
     "score": {"method": "stun", "expert_sparsity": 0.125, "seed": 7},
-    "prune_unstructured": {"method": "sparsegpt", "options": {"sparsity": 0.5, "owl": True, "nm": "2:4"}},
+    "prune_unstructured": {
+        "method": "sparsegpt",
+        "options": {
+            "sparsity": 0.5,
+            "owl": True,
+            "targets": "experts",
+            "calibrate-all-experts": True,
+            "streaming": True,
+            "batch-size": 4,
+        },
+    },
     "evaluate": {
         "task": "lm-eval:arc_easy+hellaswag",
         "limit": 9,
@@ -41,6 +51,8 @@ EVERY_OPTION = {
     "registry": {"tracking_uri": None, "model_name": "x"},
     "promote": {"metric": "arc_easy.acc"},
 }
+# --nm cannot be combined with --owl (its sparsity is 1 - N/M): the option that the case above cannot set
+NM_PATTERN = {**EVERY_OPTION, "prune_unstructured": {"method": "wanda", "options": {"nm": "2:4"}}}
 
 
 def rendered_stages(folder: Path, params: dict | None = None, params_file: Path | None = None) -> dict:
@@ -62,6 +74,7 @@ CASES = {
         tmp, params_file=ROOT / "pipelines" / "vision" / "params.yaml"
     ),
     "every option set": lambda tmp: rendered_stages(tmp, params=EVERY_OPTION),
+    "an N:M pattern": lambda tmp: rendered_stages(tmp, params=NM_PATTERN),
 }
 
 
@@ -85,9 +98,12 @@ def test_dvc_yaml_declares_the_files_the_builder_names(case, tmp_path):
 
 def test_the_every_option_case_really_sets_every_option():
     argv = [arg for stage in pipeline_commands(load_params_dict(EVERY_OPTION)).values() for a in stage for arg in a]
-    for flag in ("--preset", "--family", "--quick", "--streaming", "--sparsity", "--owl", "--nm", "--include-path"):
+    flags = ("--preset", "--family", "--quick", "--streaming", "--sparsity", "--owl", "--include-path", "--targets")
+    for flag in (*flags, "--calibrate-all-experts", "--batch-size"):
         assert flag in argv, flag
     assert "my tasks/" in argv and "--total-sparsity" not in argv
+    nm = pipeline_commands(load_params_dict(NM_PATTERN))["prune_unstructured"]
+    assert ["--nm", "2:4"] == [arg for argv in nm for arg in argv if arg in ("--nm", "2:4")]
 
 
 def load_params_dict(data: dict):

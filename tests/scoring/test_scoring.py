@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from moeprune.arch import get_adapter, remove_experts
+from moeprune.config import ScoreSection
 from moeprune.errors import MoepruneError
 from moeprune.profiling import forward_batch, profile_model
 from moeprune.scoring import SCORERS, ScoringContext
@@ -20,6 +21,7 @@ from moeprune.scoring.base import keep_count, select_keep
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import score as score_stage
 from moeprune.testing import tiny_moe_model
+from moeprune.validation import from_flags
 
 IDS = torch.randint(3, 128, (6, 12), generator=torch.Generator().manual_seed(1))
 DEAD = [5, 6, 7]
@@ -214,9 +216,8 @@ def test_score_stage_writes_merges(tmp_path):
     model.save_pretrained(tmp_path / "model")
     record = score_stage.run(
         model=tmp_path / "model",
-        method="stun",
-        expert_sparsity=0.5,
         out=tmp_path / "s.json",
+        params=ScoreSection(method="stun", expert_sparsity=0.5),
         options={"reconstruct": True},
     )
     written = json.loads((tmp_path / "s.json").read_text())
@@ -280,9 +281,7 @@ def test_score_stage_writes_the_schema_and_prune_experts_loads(saved, tmp_path):
     from moeprune.stages import prune_experts
 
     out = tmp_path / "scores.json"
-    record = score_stage.run(
-        model=saved["model"], method="reap", expert_sparsity=0.5, out=out, profile=saved["profile"]
-    )
+    record = score_stage.run(saved["model"], out, ScoreSection(method="reap", expert_sparsity=0.5), saved["profile"])
     written = json.loads(out.read_text())
     assert written == record
     assert written["method"] == "reap" and written["expert_sparsity"] == 0.5 and written["keep_per_layer"] == 4
@@ -299,17 +298,15 @@ def test_score_stage_writes_the_schema_and_prune_experts_loads(saved, tmp_path):
 def test_score_stage_router_change_and_naee(saved, tmp_path):
     record = score_stage.run(
         model=saved["model"],
-        method="router-change",
-        expert_sparsity=0.25,
         out=tmp_path / "rc.json",
+        params=ScoreSection(method="router-change", expert_sparsity=0.25),
         reference=saved["reference"],
     )
     assert record["keep_per_layer"] == 6 and record["reference"] == str(saved["reference"])
     record = score_stage.run(
         model=saved["model"],
-        method="naee",
-        expert_sparsity=0.75,
         out=tmp_path / "n.json",
+        params=ScoreSection(method="naee", expert_sparsity=0.75),
         calib=saved["calib"],
         options={"max_combinations": "100"},
     )
@@ -324,15 +321,16 @@ def test_score_stage_router_change_and_naee(saved, tmp_path):
         (dict(method="router-change"), "needs --reference"),
         (dict(method="naee"), "needs --calib"),
         (dict(method="router-change", reference="other"), "reference is a qwen2_moe model"),
-        (dict(method="random", expert_sparsity=1.0), r"outside \[0, 1\)"),
-        (dict(method="random", expert_sparsity=-0.1), r"outside \[0, 1\)"),
-        (dict(method="magic"), "unknown scoring method 'magic'"),
+        (dict(method="random", expert_sparsity=1.0), r"--expert-sparsity: must be in \[0, 1\), got 1.0"),
+        (dict(method="random", expert_sparsity=-0.1), r"--expert-sparsity: must be in \[0, 1\)"),
+        (dict(method="magic"), "--method: unknown score method 'magic'"),
     ],
 )
 def test_score_stage_errors(saved, tmp_path, kwargs, message):
     kwargs = {"expert_sparsity": 0.5, **kwargs}
+    flags = {key: kwargs.pop(key) for key in ("method", "expert_sparsity")}
     if "reference" in kwargs:
         kwargs["reference"] = saved[kwargs["reference"]]
-    with pytest.raises(MoepruneError, match=message):
-        score_stage.run(model=saved["model"], out=tmp_path / "s.json", **kwargs)
+    with pytest.raises(MoepruneError, match=message):  # bad values: the params model, as the CLI builds it
+        score_stage.run(saved["model"], tmp_path / "s.json", from_flags(ScoreSection, **flags), **kwargs)
     assert not (tmp_path / "s.json").exists()

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from builders import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
 
+from moeprune.config import EvaluateSection
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.perplexity import evaluate_perplexity
 from moeprune.evaluation.tasks import TASKS, parse_task, parse_tasks
 from moeprune.stages import evaluate
+from moeprune.validation import from_flags
 
 SPARSITY_KEYS = (
     "expert_sparsity",
@@ -38,7 +40,7 @@ def problems(tmp_path_factory) -> Path:
 
 def test_tasks_merge_into_one_flat_json(lm, problems, tmp_path):
     task = f"gsm8k-local:{problems},perplexity:{problems}"
-    result = evaluate.run(lm, task, tmp_path / "metrics.json", limit=1, batch_size=2)
+    result = evaluate.run(lm, tmp_path / "metrics.json", EvaluateSection(task=task, limit=1, batch_size=2))
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
     assert result["task"] == task and result["model"] == str(lm)
     assert result["gsm8k.n"] == 1 and 0.0 <= result["gsm8k.exact_match_strict"] <= 1.0
@@ -54,7 +56,9 @@ def test_tasks_merge_into_one_flat_json(lm, problems, tmp_path):
 
 def test_imagenet_task_on_a_vision_moe(tmp_path):
     model, images = save_tiny_vision(tmp_path)
-    result = evaluate.run(model, f"imagenet:{images}", tmp_path / "m.json", batch_size=3)
+    result = evaluate.run(
+        model, tmp_path / "m.json", EvaluateSection(task=f"imagenet:{images}", limit=None, batch_size=3)
+    )
     assert result["imagenet.n"] == 8
     assert 0.0 <= result["imagenet.top1"] <= result["imagenet.top5"] == 1.0  # 2 classes: top-5 holds both
     assert result["experts_per_layer"] == [4] and result["expert_sparsity"] == 0.0
@@ -84,8 +88,8 @@ def _bad_tasks(problems: Path, tmp_path: Path) -> dict[str, str]:
 def test_bad_tasks_raise_and_write_nothing(lm, problems, tmp_path):
     out = tmp_path / "out" / "metrics.json"
     for task, message in _bad_tasks(problems, tmp_path).items():
-        with pytest.raises(MoepruneError) as error:
-            evaluate.run(lm, task, out)
+        with pytest.raises(MoepruneError) as error:  # an unknown task name: the params model; the rest: the stage
+            evaluate.run(lm, out, from_flags(EvaluateSection, task=task))
         assert message in str(error.value), task
         assert not out.parent.exists() or not any(out.parent.iterdir()), task
 
@@ -93,9 +97,9 @@ def test_bad_tasks_raise_and_write_nothing(lm, problems, tmp_path):
 def test_bad_model_limit_and_batch_size(lm, problems, tmp_path):
     out = tmp_path / "metrics.json"
     with pytest.raises(MoepruneError, match="does not exist"):
-        evaluate.run(tmp_path / "no_model", f"perplexity:{problems}", out)
-    with pytest.raises(MoepruneError, match="--limit"):
-        evaluate.run(lm, f"perplexity:{problems}", out, limit=0)
-    with pytest.raises(MoepruneError, match="--batch-size"):
-        evaluate.run(lm, f"perplexity:{problems}", out, batch_size=0)
+        evaluate.run(tmp_path / "no_model", out, EvaluateSection(task=f"perplexity:{problems}"))
+    with pytest.raises(MoepruneError, match="--limit: Input should be greater than 0"):
+        from_flags(EvaluateSection, task=f"perplexity:{problems}", limit=0)
+    with pytest.raises(MoepruneError, match="--batch-size: Input should be greater than 0"):
+        from_flags(EvaluateSection, task=f"perplexity:{problems}", batch_size=0)
     assert not out.exists()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from builders import unstructured_params
 from safetensors.torch import save_file
 
 from moeprune.arch import get_adapter, load_model, remove_experts
@@ -31,7 +32,7 @@ def _zero_fraction_per_row(weight):
 def test_exact_row_sparsity_and_stock_load(setup, method):
     root, calib = setup
     out = root / f"out-{method}"
-    summary = prune_unstructured.run(model=root / "model", method=method, out=out, sparsity=0.5, calib=calib)
+    summary = prune_unstructured.run(root / "model", out, unstructured_params(method, sparsity=0.5), calib=calib)
     assert [entry["sparsity"] for entry in summary["layers"]] == [0.5, 0.5]
     model = load_model(out)
     for name, weight in layer_linear_weights(get_adapter(model), 0):
@@ -45,8 +46,8 @@ def test_exact_row_sparsity_and_stock_load(setup, method):
 
 def test_wanda_differs_from_magnitude_and_uses_routed_tokens(setup):
     root, calib = setup
-    prune_unstructured.run(model=root / "model", method="wanda", out=root / "w", sparsity=0.5, calib=calib)
-    prune_unstructured.run(model=root / "model", method="magnitude", out=root / "m", sparsity=0.5, calib=calib)
+    prune_unstructured.run(root / "model", root / "w", unstructured_params("wanda", sparsity=0.5), calib=calib)
+    prune_unstructured.run(root / "model", root / "m", unstructured_params("magnitude", sparsity=0.5), calib=calib)
     wanda = get_adapter(load_model(root / "w")).layers[0].expert_weights(0)["down_proj"]
     magnitude = get_adapter(load_model(root / "m")).layers[0].expert_weights(0)["down_proj"]
     assert not torch.equal(wanda == 0, magnitude == 0)
@@ -54,7 +55,7 @@ def test_wanda_differs_from_magnitude_and_uses_routed_tokens(setup):
 
 def test_nm_pattern(setup):
     root, calib = setup
-    prune_unstructured.run(model=root / "model", method="wanda", out=root / "nm", nm="2:4", calib=calib)
+    prune_unstructured.run(root / "model", root / "nm", unstructured_params("wanda", nm="2:4"), calib=calib)
     for _, weight in layer_linear_weights(get_adapter(load_model(root / "nm")), 1):
         groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=-1)
         assert groups.eq(2).all()
@@ -62,9 +63,8 @@ def test_nm_pattern(setup):
 
 def test_owl_layer_ratios_average_to_target(setup):
     root, calib = setup
-    summary = prune_unstructured.run(
-        model=root / "model", method="wanda", out=root / "owl", sparsity=0.5, owl=True, calib=calib
-    )
+    params = unstructured_params("wanda", sparsity=0.5, owl=True)
+    summary = prune_unstructured.run(root / "model", root / "owl", params, calib=calib)
     targets = [entry["target_sparsity"] for entry in summary["layers"]]
     assert sum(targets) / len(targets) == pytest.approx(0.5, abs=1e-6)
     assert len(set(targets)) > 1
@@ -82,7 +82,7 @@ def test_total_sparsity_after_expert_pruning(tmp_path, setup):
     model.save_pretrained(tmp_path / "experts")
     write_lineage(tmp_path / "experts", record)
     out = tmp_path / "total"
-    summary = prune_unstructured.run(model=tmp_path / "experts", method="magnitude", out=out, total_sparsity=0.65)
+    summary = prune_unstructured.run(tmp_path / "experts", out, unstructured_params("magnitude", total_sparsity=0.65))
     _, nonzero = count_weights(get_adapter(load_model(out)))
     assert 1 - nonzero / original == pytest.approx(0.65, abs=0.01)
     assert 0 < summary["rate"] < 0.65
@@ -96,9 +96,10 @@ def _saved(model, path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="wanda", sparsity=1.2), "outside [0, 1)"),
-        (dict(method="wanda", nm="4:4"), "1 <= N < M"),
-        (dict(method="wanda", nm="two"), "N:M pattern"),
+        (dict(method="wanda", sparsity=1.2), "--sparsity: must be in [0, 1)"),
+        (dict(method="wanda", nm="4:4"), "--nm: needs 0 < N < M"),
+        (dict(method="wanda", nm="two"), "--nm: must look like N:M"),
+        (dict(method="wanda", nm="2:4", owl=True), "cannot be combined with owl"),
         (dict(method="wanda", sparsity=0.5, calib=None), "needs calibration data"),
         (dict(method="lasso", sparsity=0.5), "unknown unstructured method"),
         (dict(method="magnitude"), "exactly one of"),
@@ -108,7 +109,9 @@ def _saved(model, path):
 def test_bad_arguments(setup, kwargs, message):
     root, calib = setup
     out = root / "bad"
-    kwargs = {"calib": calib, **kwargs}
+    kwargs = dict(kwargs)
+    calib = kwargs.pop("calib", calib)
     with pytest.raises(MoepruneError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        prune_unstructured.run(model=root / "model", out=out, **kwargs)
+        # the value checks are the params model's (as the CLI builds it); the calibration check the stage's
+        prune_unstructured.run(root / "model", out, unstructured_params(**kwargs), calib=calib)
     assert not out.exists()

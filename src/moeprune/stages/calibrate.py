@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from moeprune.arch.loading import check_model_dir, register_own_models
+from moeprune.config import CalibrateSection
 from moeprune.data.calibration import (
     choose_images,
     dataset_sha256,
@@ -54,15 +55,11 @@ def is_image_model(config) -> bool:
     return any(name.endswith("ForImageClassification") for name in architectures)
 
 
-def check_counts(samples: int, seq_len: int, config, image_model: bool) -> None:
-    """`samples` > 0; for language models also 0 < `seq_len` <= the model's context."""
-    if samples <= 0:
-        raise MoepruneError(f"--samples must be a positive number of calibration samples, got {samples}")
+def check_context(seq_len: int, config, image_model: bool) -> None:
+    """For language models, `seq_len` <= the model's context (the params model checked both counts are > 0)."""
     if image_model:
         return
     context = getattr(config.get_text_config(), "max_position_embeddings", None)
-    if seq_len <= 0:
-        raise MoepruneError(f"--seq-len must be a positive number of tokens, got {seq_len}")
     if context is not None and seq_len > context:
         raise MoepruneError(
             f"--seq-len {seq_len} exceeds the model's context of {context} tokens; use at most {context}"
@@ -147,39 +144,38 @@ def build_calibration(
     prefix, argument = parse_source(source)
     config = model_config(model_dir)
     image_model = is_image_model(config)
-    check_counts(samples, seq_len, config, image_model)
+    check_context(seq_len, config, image_model)
     info: dict[str, Any] = {"source": source, "model": str(model_dir), "samples": samples, "seed": seed}
     if image_model:
         return build_images(Path(model_dir), config, prefix, argument, samples, seed, info), info
     return build_tokens(Path(model_dir), prefix, argument, samples, seq_len, seed, info), info
 
 
-def run(
-    model: Path, source: str, samples: int, seq_len: int, out: Path, seed: int = 0, overwrite: bool = False
-) -> dict[str, Any]:
-    """Build calibration data for `model` from `source` and write it to `out` (+ `out.json`).
+def run(model: Path, out: Path, params: CalibrateSection, overwrite: bool = False) -> dict[str, Any]:
+    """Build calibration data for `model` from `params.source` and write it to `out` (+ `out.json`).
 
     Args:
         model: The model directory whose tokenizer or image processor prepares the data.
-        source: `gsm8k-local:PATH`, `text:PATH`, `imagefolder:DIR` or `hf:NAME[:SPLIT]`.
-        samples: Number of token windows or images.
-        seq_len: Tokens per window (ignored for image models).
         out: The safetensors file to write.
-        seed: Seed of the window offsets or the image choice.
+        params: `moeprune.config.CalibrateSection`, already validated: `source` (`gsm8k-local:PATH`,
+            `text:PATH`, `imagefolder:DIR` or `hf:NAME[:SPLIT]`), `samples` (token windows or images),
+            `seq_len` (tokens per window; ignored for image models) and `seed` (of the window offsets or
+            the image choice).
         overwrite: Replace an existing `out` that is not an earlier calibration file.
 
     Returns:
         The sidecar record (as written to `out.json`) plus `seconds`.
 
     Raises:
-        MoepruneError: bad source, missing / empty / malformed data, bad counts, seq_len beyond the context.
+        MoepruneError: missing / empty / malformed data, seq_len beyond the context.
     """
     started = time.perf_counter()
+    source = params.source
     prefix, argument = parse_source(source)
     source_path = argument if prefix != "hf:" else None
     out = claim_output(
         out, "calibrate", inputs=[model, source_path], overwrite=overwrite, companions=[sidecar_path(out)]
     )
-    tensors, info = build_calibration(check_model_dir(model), source, samples, seq_len, seed)
+    tensors, info = build_calibration(check_model_dir(model), source, params.samples, params.seq_len, params.seed)
     record = write_calibration(out, tensors, info)
     return {**record, "seconds": round(time.perf_counter() - started, 3)}

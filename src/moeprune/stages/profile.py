@@ -16,6 +16,7 @@ from typing import Any
 
 from moeprune.arch import weights_sha256
 from moeprune.checkpoint.source import open_model
+from moeprune.config import ProfileOptions
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.io_utils import atomic_dir, sha256_file
@@ -27,14 +28,14 @@ def run(
     model: Path,
     calib: Path,
     out: Path,
-    streaming: bool = False,
-    batch_size: int = 8,
+    params: ProfileOptions | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Profile `model` on the calibration file `calib`; write the profile directory `out`.
 
-    With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
+    `params` (`moeprune.config.ProfileOptions`, defaults when None): the batch size and `streaming`. With
+    `streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time; the statistics are the
     same as in memory. `device`: see `moeprune.devices.resolve_device`.
 
@@ -42,10 +43,12 @@ def run(
         The summary written to `out/profile.json`.
     """
     start = time.perf_counter()
+    params = params or ProfileOptions()
+    batch_size = params.batch_size
     out = claim_output(out, "profile", inputs=[model, calib], overwrite=overwrite)
     batches = calibration_batches(calib, batch_size)
     torch_device = resolve_device(device)
-    source = open_model(model, streaming, torch_device)
+    source = open_model(model, params.streaming, torch_device)
     profile = profile_model(source, batches)
     profile.summary.update(
         {

@@ -7,30 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.checkpoint.source import ModelSource, open_model
+from moeprune.config import UnstructuredSection
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import atomic_dir, write_json
 from moeprune.lineage import build_lineage, read_lineage, write_lineage, write_model_card
 from moeprune.outputs import claim_output
-from moeprune.pruning.masks import check_sparsity
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
 from moeprune.validation import parse_nm
 
 REPORT_FILE = "sparsity_report.json"
-TARGETS = ("all", "experts")
 
 
-def _check_arguments(method, sparsity, total_sparsity, nm, owl, calib, targets) -> None:
-    if targets not in TARGETS:
-        raise MoepruneError(f"--targets '{targets}' is unknown; choose one of {', '.join(TARGETS)}")
-    if (sparsity is None) == (total_sparsity is None) and nm is None:
-        raise MoepruneError("give exactly one of --sparsity and --total-sparsity")
-    for value in (sparsity, total_sparsity):
-        if value is not None:
-            check_sparsity(value)
-    if nm is not None and (owl or total_sparsity is not None):
-        raise MoepruneError("--nm fixes the sparsity at 1 - N/M; it cannot be combined with --owl or --total-sparsity")
+def _check_calibration(method, owl: bool, calib: Path | None) -> None:
+    """The calibration file the method (or OWL) needs exists; the params model checked everything else."""
     if (method.needs_inputs or owl) and calib is None:
         raise MoepruneError(f"{method.name}{' with OWL' if owl else ''} needs calibration data; pass --calib F")
     if calib is not None and not Path(calib).is_file():
@@ -49,58 +40,64 @@ def _rate(model_dir: Path, source: ModelSource, sparsity, total_sparsity, target
 
 def run(
     model: Path,
-    method: str,
     out: Path,
-    sparsity: float | None = None,
-    total_sparsity: float | None = None,
+    params: UnstructuredSection,
     calib: Path | None = None,
-    owl: bool = False,
-    nm: str | None = None,
-    targets: str = "all",
-    calibrate_all_experts: bool = False,
-    streaming: bool = False,
-    batch_size: int = 8,
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
 
-    With `streaming` (or automatically when the checkpoint exceeds the memory budget, see
+    Args:
+        model: The model directory.
+        out: The pruned model directory to write.
+        params: The method and its options (`moeprune.config.UnstructuredSection`, already validated).
+        calib: The calibration file (methods that need inputs, OWL).
+        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
+        overwrite: Replace an existing `out` that is not an earlier output of this stage.
+
+    With `params.options.streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time and each pruned layer is
     written to `out` as soon as it is done; the result is the same as in memory.
     """
     start = time.perf_counter()
+    method, opts = params.method, params.options
     out = claim_output(out, "prune-unstructured", inputs=[model, calib], overwrite=overwrite)
     if method == "none":
-        return _copy(open_model(model, streaming), out, start)
+        return _copy(open_model(model, opts.streaming), out, start)
     spec = get_unstructured_method(method)
-    pattern = None if nm is None else parse_nm(nm, "--nm")
-    _check_arguments(spec, sparsity, total_sparsity, pattern, owl, calib, targets)
-    source = open_model(model, streaming, resolve_device(device))
+    _check_calibration(spec, opts.owl, calib)
+    pattern = None if opts.nm is None else parse_nm(opts.nm)
+    source = open_model(model, opts.streaming, resolve_device(device))
     if pattern:
         rate = 1.0 - pattern[0] / pattern[1]
     else:
-        rate = _rate(model, source, sparsity, total_sparsity, targets)
+        rate = _rate(model, source, opts.sparsity, opts.total_sparsity, opts.targets)
     settings = PruneSettings(
-        method=spec, sparsity=rate, targets=targets, nm=pattern, owl=owl, calibrate_all_experts=calibrate_all_experts
+        method=spec,
+        sparsity=rate,
+        targets=opts.targets,
+        nm=pattern,
+        owl=opts.owl,
+        calibrate_all_experts=opts.calibrate_all_experts,
     )
-    params = {
+    lineage_params = {
         "method": method,
         "sparsity": rate,
-        "total_sparsity": total_sparsity,
-        "owl": owl,
-        "nm": nm,
-        "targets": targets,
-        "calibrate_all_experts": calibrate_all_experts,
+        "total_sparsity": opts.total_sparsity,
+        "owl": opts.owl,
+        "nm": opts.nm,
+        "targets": opts.targets,
+        "calibrate_all_experts": opts.calibrate_all_experts,
     }
     record = build_lineage(
         stage="prune-unstructured",
-        params=params,
+        params=lineage_params,
         parent=model,
         parent_model=source.model,
         calibration=calib,
     )
-    batches = _batches(calib, batch_size) if (spec.needs_inputs or owl) else []
+    batches = _batches(calib, opts.batch_size) if (spec.needs_inputs or opts.owl) else []
     with atomic_dir(out) as tmp:
         writer = source.writer(tmp)
         report = prune_model(source, batches, settings, on_done=writer.write_block)
@@ -109,12 +106,13 @@ def run(
         summary = _summary(method, rate, report, source.streamed, start)
         write_lineage(tmp, record)
         write_json(tmp / REPORT_FILE, summary)
+        nm = f" {opts.nm}" if opts.nm else ""
         write_model_card(
             tmp,
             record,
             [
-                f"Unstructured pruning with `{method}`{' + OWL' if owl else ''}{f' {nm}' if nm else ''}: "
-                f"{summary['weight_sparsity']:.3f} of the targeted Linear weights ({targets}) are zero.",
+                f"Unstructured pruning with `{method}`{' + OWL' if opts.owl else ''}{nm}: "
+                f"{summary['weight_sparsity']:.3f} of the targeted Linear weights ({opts.targets}) are zero.",
             ],
         )
     return summary

@@ -21,6 +21,7 @@ from moeprune.arch import validate_keep_sets, weights_sha256
 from moeprune.catalog.scorers import CALIBRATION_BATCH_SIZE, run_needs
 from moeprune.checkpoint.shards import check_safetensors
 from moeprune.checkpoint.source import open_model
+from moeprune.config import ScoreSection
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
@@ -28,7 +29,6 @@ from moeprune.io_utils import sha256_file
 from moeprune.outputs import claim_output
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
 from moeprune.scoring import SCORERS, Scorer, ScoringContext
-from moeprune.scoring.base import check_sparsity
 from moeprune.scoring.router_change import check_same_architecture
 from moeprune.scoring.scores_file import layer_record, write_scores
 
@@ -96,25 +96,32 @@ def _check_keep_sets(scorer: Scorer, ctx: ScoringContext, layers: dict) -> None:
 
 def run(
     model: Path,
-    method: str,
-    expert_sparsity: float,
     out: Path,
+    params: ScoreSection,
     profile: Path | None = None,
     reference: Path | None = None,
     calib: Path | None = None,
-    seed: int = 0,
     options: dict | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Score the experts of `model` with `method` and write the scores file `out` (atomically).
+    """Score the experts of `model` and write the scores file `out` (atomically).
+
+    Args:
+        model: The model directory.
+        out: The scores file to write.
+        params: Method, expert sparsity and seed (`moeprune.config.ScoreSection`, already validated).
+        profile, reference, calib: The inputs the method needs (`moeprune.catalog.scorers`).
+        options: The method's options as given (`KEY: "VALUE"`), checked against its declaration.
+        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
+        overwrite: Replace an existing `out` that is not an earlier scores file.
 
     Returns:
         The scores record written to `out`.
     """
     start = time.perf_counter()
     out = claim_output(out, "score", inputs=[model, profile, reference, calib], overwrite=overwrite)
-    check_sparsity(expert_sparsity)
+    method, expert_sparsity, seed = params.method, params.expert_sparsity, params.seed
     scorer = SCORERS.get(method)
     options = parse_options(scorer, options)
     _check_inputs(scorer, {"profile": profile, "reference": reference, "calibration": calib}, options)
