@@ -7,6 +7,8 @@ the model; see `arch.adapter`. Facts checked against transformers 5.23 (docs/tra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from moeprune.arch.family_facts import (
     INKLING_NAEE,
     PROJECTED_NAEE,
@@ -224,10 +226,7 @@ FAMILIES: dict[str, Family] = {
         # Vision-language wrappers: the language model's MoE layers are pruned (count fields are those
         # of its text_config); the vision tower is left as it is.
         Family("qwen3_vl_moe", ("num_local_experts",), gate="softmax -> top-k -> renormalise"),
-        v3_like("glm4v_moe"),
-        v3_like("mistral_large4"),
         v3_like("mistral4"),
-        v3_like("dots3_note"),
         v3_like("glm5_next"),
         # Router and experts in the decoder layer itself, beside a dense MLP: the "block" is the layer; the
         # router reads the residual stream, the experts a normalised copy.
@@ -238,29 +237,6 @@ FAMILIES: dict[str, Family] = {
             router_attr="router",
             router_weight="proj.weight",
             gate="softmax -> top-k -> renormalise, per-expert scale",
-        ),
-        Family(
-            "gemma4",
-            ("num_experts",),
-            top_k_fields=("top_k_experts",),
-            router_attr="router",
-            router_weight="proj.weight",
-            gate="softmax -> top-k -> renormalise, per-expert scale",
-        ),
-        Family(
-            "qwen4_exp",
-            ("num_experts",),
-            gate="softmax -> top-k (renormalise if norm_topk_prob)",
-            renormalises=norm_topk_prob,
-            shared_attrs=("shared_expert", "shared_expert_gate"),
-        ),
-        Family(
-            "inkling_mm_model",
-            ("n_routed_experts",),
-            router_extra_rows=n_shared_experts,
-            gate="sigmoid + correction bias -> top-k; softmax of log-sigmoids over top-k and shared, scaled",
-            shared_attrs=("shared_experts",),
-            naee_refusal=INKLING_NAEE,
         ),
         # An MLP router (down_proj to router_hidden_size, norm, fc1, fc2, out_proj) that also reads the previous
         # layer's router states (layerwise passes them on); its last row scores a skip expert (no compute).
@@ -289,42 +265,6 @@ FAMILIES: dict[str, Family] = {
             gate="softmax -> top-k (renormalise if norm_topk_prob)",
             renormalises=norm_topk_prob,
         ),
-        Family(
-            "deepseek_ocr2",
-            ("n_routed_experts",),
-            gate="softmax -> (group-limited) top-k, scaled",
-            renormalises=never,
-            shared_attrs=("shared_experts",),
-            group_routing=deepseek_v2_groups,
-        ),
-        Family(
-            "unlimited_ocr",
-            ("n_routed_experts",),
-            gate="softmax -> (group-limited) top-k, scaled",
-            renormalises=never,
-            shared_attrs=("shared_experts",),
-            group_routing=deepseek_v2_groups,
-        ),
-        Family(
-            "aria",
-            ("moe_num_experts",),
-            top_k_fields=("moe_topk",),
-            router_attr="router",
-            gate="top-k logits -> softmax",
-            shared_attrs=("shared_experts",),
-        ),
-        Family(
-            "qwen3_5_moe",
-            ("num_experts",),
-            gate="softmax -> top-k -> renormalise",
-            shared_attrs=("shared_expert", "shared_expert_gate"),
-        ),
-        Family(
-            "minimax_m3_vl",
-            ("num_local_experts",),
-            gate="sigmoid + correction bias -> top-k -> renormalise, scaled",
-            shared_attrs=("shared_experts",),
-        ),
         # The block projects the hidden states down to moe_hidden_size before the routed experts (which
         # run at that width, each with a post-expert norm) and back up after; the router reads the hidden states.
         Family(
@@ -342,6 +282,23 @@ FAMILIES: dict[str, Family] = {
 # Families whose experts, routers and counts the adapter and removal handle (tests/arch/test_arch_removal.py
 # round-trips each like a covered family) but that a stage outside arch/ cannot run yet: arch/refused.py
 # says which. `get_family` does not return them; moving an entry to FAMILIES covers the family.
+# Vision-language wrappers whose language model has the facts of a covered text family (their counts live
+# in text_config): the same entry under the wrapper's model_type.
+WRAPPERS: dict[str, str] = {
+    "glm4v_moe": "glm4_moe",
+    "qwen3_5_moe": "qwen3_5_moe_text",
+    "aria": "aria_text",
+    "mistral_large4": "glm_moe_dsa",
+    "minimax_m3_vl": "minimax_m3_vl_text",
+    "deepseek_ocr2": "deepseek_v2",
+    "unlimited_ocr": "deepseek_v2",
+    "dots3_note": "dots3_note_text",
+    "gemma4": "gemma4_text",
+    "qwen4_exp": "qwen4_exp_text",
+    "inkling_mm_model": "inkling_text",
+}
+FAMILIES.update({wrapper: replace(FAMILIES[text], name=wrapper) for wrapper, text in WRAPPERS.items()})
+
 PENDING: dict[str, Family] = {}
 
 
