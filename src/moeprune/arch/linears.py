@@ -52,14 +52,20 @@ def prunable_weights(adapter: MoEAdapter, targets: str = "all") -> Iterator[tupl
         yield from layer_linear_weights(adapter, index, targets)
 
 
+def targeted_count(adapter: MoEAdapter, targets: str = "all") -> int:
+    """The number of targeted weights, from shapes only (meta tensors count: nothing is read)."""
+    return sum(weight.numel() for _, weight in prunable_weights(adapter, targets))
+
+
+def nonzero_count(weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+    """The nonzero entries of `(name, weight)` pairs, e.g. `layer_linear_weights(...)`."""
+    with torch.no_grad():
+        return sum(int(torch.count_nonzero(weight)) for _, weight in weights)
+
+
 def count_weights(adapter: MoEAdapter, targets: str = "all") -> tuple[int, int]:
     """(number of targeted weights, number of them that are nonzero)."""
-    total = nonzero = 0
-    with torch.no_grad():
-        for _, weight in prunable_weights(adapter, targets):
-            total += weight.numel()
-            nonzero += int(torch.count_nonzero(weight))
-    return total, nonzero
+    return targeted_count(adapter, targets), nonzero_count(prunable_weights(adapter, targets))
 
 
 def base_stats(model: nn.Module, adapter: MoEAdapter | None = None) -> dict[str, Any]:
@@ -75,6 +81,6 @@ def base_stats(model: nn.Module, adapter: MoEAdapter | None = None) -> dict[str,
         "experts_per_layer": adapter.layers[0].num_experts,
         "routed_experts": sum(layer.num_experts for layer in adapter.layers),
         "top_k": adapter.layers[0].top_k,
-        "prunable_params": sum(weight.numel() for _, weight in prunable_weights(adapter)),
+        "prunable_params": targeted_count(adapter),
         "params": sum(p.numel() for p in model.parameters()),
     }

@@ -69,9 +69,8 @@ def _bytes_when_loaded(model_dir: str | Path, device: str) -> int:
     size = checkpoint_bytes(model_dir)
     if resolve_device(device).type != "cpu":
         return size
-    reader = ShardReader(model_dir)
-    floating = [reader.dtype(key) for key in list(reader.files)[:8] if reader.dtype(key).is_floating_point]
-    return size * 2 if floating and floating[0].itemsize == 2 else size
+    stored = ShardReader(model_dir).floating_dtype()
+    return size * 2 if stored is not None and stored.itemsize == 2 else size
 
 
 def check_fits_whole(model_dir: str | Path, requested: bool, purpose: str, device: str = "auto") -> None:

@@ -111,6 +111,11 @@ class ShardReader:
         """The stored dtype of `key`."""
         return DTYPES[self._header(self.files[key])[0][key]["dtype"]]
 
+    def floating_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating-point tensor (what `from_pretrained(dtype="auto")` falls back to)."""
+        floating = (self.dtype(key) for key in self.files)
+        return next((dtype for dtype in floating if dtype.is_floating_point), None)
+
     def read(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """Tensor `key`, read from its shard into fresh memory."""
         path = self.files[key]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter, get_adapter
-from moeprune.arch.linears import base_stats, count_weights
+from moeprune.arch.linears import base_stats, nonzero_count, prunable_weights, targeted_count
 from moeprune.arch.loading import check_model_dir, load_model
 from moeprune.checkpoint.budget import use_streaming
 from moeprune.checkpoint.writer import InMemoryWriter
@@ -111,15 +111,18 @@ class InMemorySource:
         return base_stats(self.model, self.adapter)
 
     def targeted_weights(self, targets: str = "all") -> int:
-        return count_weights(self.adapter, targets)[0]
+        return targeted_count(self.adapter, targets)
 
     def nonzero_weights(self, targets: str = "all") -> int:
-        return count_weights(self.adapter, targets)[1]
+        return nonzero_count(prunable_weights(self.adapter, targets))
 
     def census(self) -> dict[str, int]:
         """`params`, `nonzero_params` (every parameter), `targeted`, `nonzero_targeted` (prunable Linears)."""
-        targeted, nonzero_targeted = count_weights(self.adapter)
-        return {**parameter_census(self.model.parameters()), "targeted": targeted, "nonzero_targeted": nonzero_targeted}
+        return {
+            **parameter_census(self.model.parameters()),
+            "targeted": self.targeted_weights(),
+            "nonzero_targeted": self.nonzero_weights(),
+        }
 
     def writer(self, out_dir: str | Path) -> InMemoryWriter:
         if self.model_dir is None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter, get_adapter
-from moeprune.arch.linears import base_stats, layer_linear_weights, prunable_weights
+from moeprune.arch.linears import base_stats, layer_linear_weights, nonzero_count, targeted_count
 from moeprune.arch.loading import _auto_class, check_model_dir, register_own_models
 from moeprune.checkpoint.key_conversion import KeyConversion
 from moeprune.checkpoint.shards import ShardReader
@@ -52,8 +52,7 @@ def _checkpoint_dtype(config, reader: ShardReader) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
         return getattr(torch, dtype)
-    floating = (reader.dtype(key) for key in reader.files)
-    return next((dtype for dtype in floating if dtype.is_floating_point), torch.float32)
+    return reader.floating_dtype() or torch.float32
 
 
 def build_skeleton(model_dir: Path, reader: ShardReader, device: torch.device) -> nn.Module:
@@ -181,21 +180,27 @@ class StreamedSource:
         return tensors
 
     @contextlib.contextmanager
-    def outside_layers(self) -> Iterator[nn.Module]:
-        """The model with its weights outside the decoder layers materialised (they go back to meta after)."""
+    def _placed(self, tensors: dict[str, torch.Tensor], also_restore: Iterable[str] = ()) -> Iterator[None]:
+        """`tensors` (module state names) set into the model on the device, in its dtypes; back to meta after."""
         state = self.model.state_dict()
         loaded = []
-        for name, tensor in self.outside_tensors().items():
-            if name in state:
-                _set_tensor(self.model, name, tensor.to(device=self.device, dtype=state[name].dtype))
-                loaded.append(name)
-        if self.tied:
-            self.model.tie_weights()
         try:
-            yield self.model
+            for name, tensor in tensors.items():
+                if name in state:
+                    _set_tensor(self.model, name, tensor.to(device=self.device, dtype=state[name].dtype))
+                    loaded.append(name)
+            yield
         finally:
-            for name in [*loaded, *self.tied]:
+            for name in [*loaded, *also_restore]:
                 _set_tensor(self.model, name, torch.empty_like(state[name], device="meta"))
+
+    @contextlib.contextmanager
+    def outside_layers(self) -> Iterator[nn.Module]:
+        """The model with its weights outside the decoder layers materialised (they go back to meta after)."""
+        with self._placed(self.outside_tensors(), also_restore=self.tied):
+            if self.tied:
+                self.model.tie_weights()
+            yield self.model
 
     def capture(self, batches: Iterable[dict[str, torch.Tensor]]) -> CapturedInputs:
         """Every block's inputs: the skeleton's own forward (embeddings, rotary, masks), layers passed through."""
@@ -244,17 +249,8 @@ class StreamedSource:
         """Only `modules`' own tensors (e.g. every router) read from the shards; back to meta afterwards."""
         prefixes = tuple(f"{name}." for name in self._module_names(modules))
         keys = [key for key, target in self.targets.items() if target.startswith(prefixes)]
-        state = self.model.state_dict()
-        loaded = []
-        try:
-            for name, tensor in self.conversion.convert({key: self.reader.loader(key) for key in keys}).items():
-                if name in state:
-                    _set_tensor(self.model, name, tensor.to(device=self.device, dtype=state[name].dtype))
-                    loaded.append(name)
+        with self._placed(self.conversion.convert({key: self.reader.loader(key) for key in keys})):
             yield
-        finally:
-            for name in loaded:
-                _set_tensor(self.model, name, torch.empty_like(state[name], device="meta"))
 
     def forward(self, batches: list[dict[str, torch.Tensor]], description: str) -> None:
         """Every batch through the whole model, layer by layer (each decoder layer read once)."""
@@ -278,15 +274,14 @@ class StreamedSource:
 
     def targeted_weights(self, targets: str = "all") -> int:
         """The number of targeted Linear weights, from the skeleton's shapes (nothing is read)."""
-        return sum(weight.numel() for _, weight in prunable_weights(self.adapter, targets))
+        return targeted_count(self.adapter, targets)
 
     def nonzero_weights(self, targets: str = "all") -> int:
         """The nonzero targeted Linear weights: one read of every decoder layer."""
         nonzero = 0
         for index in range(self.num_blocks):
-            with self.block(index), torch.no_grad():
-                for _, weight in layer_linear_weights(self.adapter, index, targets):
-                    nonzero += int(torch.count_nonzero(weight))
+            with self.block(index):
+                nonzero += nonzero_count(layer_linear_weights(self.adapter, index, targets))
         return nonzero
 
     def census(self) -> dict[str, int]:
@@ -298,12 +293,10 @@ class StreamedSource:
             counts = parameter_census(param for param in model.parameters() if id(param) not in inside)
         targeted, nonzero_targeted = self.targeted_weights("all"), 0
         for index in range(self.num_blocks):
-            with self.block(index) as block, torch.no_grad():
+            with self.block(index) as block:
                 layer = parameter_census(block.parameters())
                 counts = {name: counts[name] + layer[name] for name in counts}
-                nonzero_targeted += sum(
-                    int(torch.count_nonzero(w)) for _, w in layer_linear_weights(self.adapter, index, "all")
-                )
+                nonzero_targeted += nonzero_count(layer_linear_weights(self.adapter, index, "all"))
         return {**counts, "targeted": targeted, "nonzero_targeted": nonzero_targeted}
 
     def writer(self, out_dir: str | Path) -> ShardWriter:
