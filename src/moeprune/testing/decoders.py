@@ -3,7 +3,17 @@ attention: `{family: (config class name, kwargs)}` on top of `common.COMMON` (no
 
 from __future__ import annotations
 
-from moeprune.testing.common import deepseek, indexer, mla, v3_like
+from moeprune.testing.common import (
+    TWO_GROUPS,
+    WIDTHS,
+    deepseek,
+    dense_first,
+    gpt_oss,
+    indexer,
+    mla,
+    sliding,
+    v3_like,
+)
 
 
 def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
@@ -12,19 +22,11 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
         "mixtral": ("MixtralConfig", dict(intermediate_size=48, num_local_experts=num_experts)),
         "qwen2_moe": (
             "Qwen2MoeConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                shared_expert_intermediate_size=40,
-                num_experts=num_experts,
-                norm_topk_prob=True,
-            ),
+            dict(WIDTHS, shared_expert_intermediate_size=40, num_experts=num_experts, norm_topk_prob=True),
         ),
         "qwen3_moe": (
             "Qwen3MoeConfig",
-            dict(
-                intermediate_size=64, moe_intermediate_size=24, num_experts=num_experts, norm_topk_prob=True, head_dim=8
-            ),
+            dict(WIDTHS, num_experts=num_experts, norm_topk_prob=True, head_dim=8),
         ),
         "olmoe": ("OlmoeConfig", dict(intermediate_size=24, num_experts=num_experts, norm_topk_prob=True)),
         "deepseek_v2": (
@@ -50,34 +52,24 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
         ),
         "mellum": (
             "MellumConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_local_experts=num_experts,
-                norm_topk_prob=True,
-                head_dim=8,
-                sliding_window=16,
-            ),
+            dict(WIDTHS, num_local_experts=num_experts, norm_topk_prob=True, **sliding()),
         ),
         "minimax_m2": ("MiniMaxM2Config", dict(intermediate_size=24, num_local_experts=num_experts, head_dim=8)),
         "laguna": (
             "LagunaConfig",
             dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
+                WIDTHS,
                 shared_expert_intermediate_size=40,
                 num_experts=num_experts,
-                head_dim=8,
-                sliding_window=16,
+                **sliding(),
                 num_attention_heads_per_layer=[4, 4],
-                mlp_layer_types=["dense", "sparse"],
+                **dense_first(2),
             ),
         ),
         "ernie4_5_moe": (
             "Ernie4_5_MoeConfig",
             dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
+                WIDTHS,
                 moe_num_experts=num_experts,
                 moe_k=top_k,
                 moe_num_shared_experts=1,
@@ -92,14 +84,7 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
         ),
         "hy_v3": (
             "HYV3Config",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_experts=num_experts,
-                num_shared_experts=1,
-                head_dim=8,
-                mlp_layer_types=["dense", "sparse"],
-            ),
+            dict(WIDTHS, num_experts=num_experts, num_shared_experts=1, head_dim=8, **dense_first(2)),
         ),
         "glm4_moe": (
             "Glm4MoeConfig",
@@ -127,14 +112,11 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
         "flint": (
             "FlintConfig",
             dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
+                WIDTHS,
                 shared_expert_intermediate_size=40,
                 num_experts=num_experts,
-                head_dim=8,
-                sliding_window=16,
+                **sliding(3),
                 num_hidden_layers=3,
-                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                 mlp_only_layers=[0],
             ),
         ),
@@ -144,73 +126,30 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
         ),
         "exaone_moe": (
             "ExaoneMoeConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_experts=num_experts,
-                num_shared_experts=1,
-                n_group=2,
-                topk_group=2,
-                head_dim=8,
-                sliding_window=16,
-                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                num_hidden_layers=3,
-                mlp_layer_types=["dense", "sparse", "sparse"],
-            ),
+            dict(WIDTHS, num_experts=num_experts, num_shared_experts=1, **TWO_GROUPS, **sliding(3), **dense_first()),
         ),
         "afmoe": (
             "AfmoeConfig",
             dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
+                WIDTHS,
                 num_experts=num_experts,
                 num_shared_experts=1,
                 num_dense_layers=1,
                 num_hidden_layers=3,
-                head_dim=8,
-                sliding_window=16,
-                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                **sliding(3),
             ),
         ),
         "cohere2_moe": (
             "Cohere2MoeConfig",
-            dict(
-                intermediate_size=24,
-                num_experts=num_experts,
-                num_shared_experts=1,
-                head_dim=8,
-                sliding_window=16,
-                layer_types=["sliding_attention", "full_attention"],
-            ),
+            dict(intermediate_size=24, num_experts=num_experts, num_shared_experts=1, **sliding(2)),
         ),
         "mimo_v2_flash": (
             "MiMoV2FlashConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                n_routed_experts=num_experts,
-                n_group=2,
-                topk_group=2,
-                head_dim=8,
-                v_head_dim=8,
-                sliding_window=16,
-                num_hidden_layers=3,
-                mlp_layer_types=["dense", "sparse", "sparse"],
-            ),
+            dict(WIDTHS, n_routed_experts=num_experts, **TWO_GROUPS, **sliding(), v_head_dim=8, **dense_first()),
         ),
         "beam": (
             "BeamConfig",
-            dict(
-                intermediate_size=64,
-                moe_intermediate_size=24,
-                num_experts=num_experts,
-                n_group=2,
-                topk_group=2,
-                head_dim=8,
-                sliding_window=16,
-                num_hidden_layers=3,
-                mlp_layer_types=["dense", "sparse", "sparse"],
-            ),
+            dict(WIDTHS, num_experts=num_experts, **TWO_GROUPS, **sliding(), **dense_first()),
         ),
         "kolibri1": (
             "Kolibri1Config",
@@ -218,19 +157,8 @@ def decoder_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
                 moe_intermediate_size=24,
                 shared_expert_intermediate_size=40,
                 num_local_experts=num_experts,
-                head_dim=8,
-                sliding_window=16,
-                layer_types=["sliding_attention", "full_attention"],
+                **sliding(2),
             ),
         ),
-        "gpt_oss": (
-            "GptOssConfig",
-            dict(
-                intermediate_size=24,
-                num_local_experts=num_experts,
-                head_dim=8,
-                sliding_window=16,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            ),
-        ),
+        "gpt_oss": ("GptOssConfig", gpt_oss(num_experts)),
     }
