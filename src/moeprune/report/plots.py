@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from moeprune.report.rows import (
@@ -51,24 +52,37 @@ def finish(fig, path: Path, footer: str) -> None:
     pyplot().close(fig)
 
 
-def plot_expert_sparsity(group: Group, path: Path, footer: str) -> None:
-    """Metric vs expert sparsity, one line per method, all starting from the base model."""
+def _finish_metric_plot(fig, ax, group: Group, factor: float, xlabel: str, what: str, path: Path, footer: str) -> None:
+    """Label the axes (the metric in percent where it is one), title, grid and legend; then `finish`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
+    title(ax, group, what)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    finish(fig, path, footer)
+
+
+def _lines_from_base(group: Group, kinds: tuple[str, ...], x_of: Callable, style_of: Callable):
+    """One line per method of the `kinds` rows, each starting from the base model: the figure, axes and
+    metric scale. `x_of(rows, label, column)` places a point; `style_of(rows, label)` styles a line."""
     plt = pyplot()
-    rows = rows_of(group, "expert")
+    rows = rows_of(group, *kinds)
     labels, columns = labels_and_columns(rows)
     cells, factor = aggregate(rows, group.metric), scale(group.metric)
     base = cells.get(("base", 0.0))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in (label for label in labels if label != "base"):
         xs = [c for c in columns if (label, c) in cells]
-        points = ([(0.0, base)] if base else []) + [(c, cells[(label, c)]) for c in xs]
-        _errorbar(ax, points, factor, label=label)
-    ax.set_xlabel("expert sparsity (% of routed experts removed per MoE layer)")
-    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
-    title(ax, group, "accuracy vs expert sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    finish(fig, path, footer)
+        points = ([(0.0, base)] if base else []) + [(x_of(rows, label, c), cells[(label, c)]) for c in xs]
+        _errorbar(ax, points, factor, label=label, **style_of(rows, label))
+    return fig, ax, factor
+
+
+def plot_expert_sparsity(group: Group, path: Path, footer: str) -> None:
+    """Metric vs expert sparsity, one line per method, all starting from the base model."""
+    fig, ax, factor = _lines_from_base(group, ("expert",), lambda rows, label, column: column, lambda rows, label: {})
+    xlabel = "expert sparsity (% of routed experts removed per MoE layer)"
+    _finish_metric_plot(fig, ax, group, factor, xlabel, "accuracy vs expert sparsity", path, footer)
 
 
 def _errorbar(ax, points: list, factor: float, **style) -> None:
@@ -85,23 +99,15 @@ def _errorbar(ax, points: list, factor: float, **style) -> None:
 
 def plot_total_sparsity(group: Group, path: Path, footer: str) -> None:
     """Metric vs measured total sparsity: expert-then-unstructured (solid) vs unstructured-only (dashed)."""
-    plt = pyplot()
-    rows = rows_of(group, "combined", "unstructured")
-    labels, columns = labels_and_columns(rows)
-    cells, factor = aggregate(rows, group.metric), scale(group.metric)
-    base = cells.get(("base", 0.0))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in (label for label in labels if label != "base"):
+
+    def solid_if_combined(rows: list, label: str) -> dict:
         kind = next(row.kind for row in rows if row.label == label)
-        xs = [c for c in columns if (label, c) in cells]
-        points = ([(0.0, base)] if base else []) + [(sparsity_of(rows, label, c), cells[(label, c)]) for c in xs]
-        _errorbar(ax, points, factor, label=label, linestyle="-" if kind == "combined" else "--")
-    ax.set_xlabel("total sparsity (% of decoder Linear weights zero or removed, vs the base)")
-    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
-    title(ax, group, "expert-then-unstructured (solid) vs unstructured-only (dashed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    finish(fig, path, footer)
+        return {"linestyle": "-" if kind == "combined" else "--"}
+
+    fig, ax, factor = _lines_from_base(group, ("combined", "unstructured"), sparsity_of, solid_if_combined)
+    xlabel = "total sparsity (% of decoder Linear weights zero or removed, vs the base)"
+    what = "expert-then-unstructured (solid) vs unstructured-only (dashed)"
+    _finish_metric_plot(fig, ax, group, factor, xlabel, what, path, footer)
 
 
 def plot_pareto(group: Group, path: Path, footer: str) -> None:
@@ -127,12 +133,7 @@ def plot_pareto(group: Group, path: Path, footer: str) -> None:
             xytext=(3, 3),
             textcoords="offset points",
         )
-    ax.set_xlabel("total sparsity (%)")
-    ax.set_ylabel(group.metric + (" (%)" if factor == 100 else ""))
-    title(ax, group, "Pareto front")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    finish(fig, path, footer)
+    _finish_metric_plot(fig, ax, group, factor, "total sparsity (%)", "Pareto front", path, footer)
 
 
 def cost_label(method: str, figures: dict) -> str:
