@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification
 from moeprune.data.digits import map_folders_to_labels
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.imagenet import count_topk_hits, evaluate_imagenet
 from moeprune.testbed.vision import make_image_processor
+from moeprune.testing import tiny_vmoe_model
 
 # Label order of the model; the bias makes every image's ranking dog > cat > emu > fox > gnu > yak > owl.
 LABELS = ["cat", "dog", "emu", "fox", "gnu", "owl", "yak"]
@@ -23,21 +23,9 @@ BIAS = torch.tensor([6.0, 7.0, 5.0, 4.0, 3.0, 0.0, 2.0])
 def write_model_with_fixed_ranking(out: Path) -> Path:
     """A tiny V-MoE whose logits are BIAS for every image: its classifier ignores the features."""
     id2label = dict(enumerate(LABELS))
-    config = VMoEConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=8,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
+    model = tiny_vmoe_model(
+        num_hidden_layers=2, num_labels=len(LABELS), id2label=id2label, label2id={v: k for k, v in id2label.items()}
     )
-    torch.manual_seed(0)
-    model = VMoEForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(BIAS)
