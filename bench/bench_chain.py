@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _shared import machine, write_results  # noqa: E402
 from bench_streaming import BASE_SHAPE, write_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "chain.json"
@@ -219,12 +219,7 @@ def main() -> None:
         result = run_chain(workdir, shape, args.layers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["machine"] = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-    }
+    result["machine"] = machine()
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     full_size = (args.layers, args.hidden, args.intermediate) == (16, 3072, 12288)
     target = args.results or (RESULTS if full_size else None)
@@ -233,8 +228,7 @@ def main() -> None:
         f"{'met' if result['target_met'] else 'NOT met'}"
     )
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(target, result)
         print(f"wrote {target}")
 
 

@@ -9,13 +9,12 @@ mirrors. Model: a testbed-sized Mixtral (hidden 128, 4 layers, 8 experts top-2, 
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _shared import parse_threads, threads_parser, write_results
 
 from moeprune.profiling import forward_batch, profile_model
 from moeprune.testing import tiny_moe_model
@@ -78,15 +77,10 @@ def main() -> dict:
         print(f"{name:18s} {value:8.3f} s   {tokens / value:10.0f} tokens/s")
     print(f"profile / bare (grouped_mm default) = {result['ratio_vs_default']}   (target <= {TARGET})")
     print(f"profile / bare (eager)              = {result['ratio_vs_eager']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parse_threads(threads_parser(__doc__))
     main()

@@ -22,7 +22,6 @@ forward (router restricted to K, then the routed experts). The 50x target assume
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import parse_threads, threads_parser, write_results
 
 from moeprune.arch import get_adapter
 from moeprune.errors import MoepruneError
@@ -229,16 +229,11 @@ def main(forced_naee: bool = False) -> dict:
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
     }
     print(json.dumps(record["targets"], indent=1))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(RESULTS, record)
     return record
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser = threads_parser(__doc__)
     parser.add_argument("--forced-naee", action="store_true", help=f"also run naee at E={FORCED_NAEE}")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    main(args.forced_naee)
+    main(parse_threads(parser).forced_naee)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import machine, write_results
 
 RESULTS = Path(__file__).parent / "results" / "streaming.json"
 TARGET = 0.15
@@ -264,12 +264,7 @@ def main(sizes: list[str], layers: int, workdir: Path, keep: bool, modes: tuple[
         "target": TARGET,
         "sizes": results,
         "target_met": any(result["target_met"] for result in results.values()),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        },
+        "machine": machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -325,6 +320,5 @@ if __name__ == "__main__":
     print(_table(result))
     target = args.results or (RESULTS if args.layers == 16 and set(args.sizes) == set(SIZES) else None)
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(target, result)
         print(f"wrote {target}")
