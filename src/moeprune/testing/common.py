@@ -49,7 +49,7 @@ def _deepseek_moe(num_experts: int) -> dict:
 
 def deepseek(num_experts: int) -> dict:
     """What DeepSeek-V2 and V3 share: MLA attention sizes, one shared expert, two routing groups."""
-    return dict(_deepseek_moe(num_experts), **mla(q_lora_rank=None))
+    return dict(_deepseek_moe(num_experts), **mla(q_rank=None))
 
 
 def v3_like(num_experts: int) -> dict:
@@ -57,15 +57,10 @@ def v3_like(num_experts: int) -> dict:
     return dict(_deepseek_moe(num_experts), topk_group=2, norm_topk_prob=True, **dense_first())
 
 
-def mla(q_lora_rank: int | None = 16) -> dict:
-    """Multi-head latent attention sizes (`q_lora_rank` None: queries not compressed)."""
+def mla(q_rank: int | None = 16) -> dict:
+    """Multi-head latent attention sizes (`q_rank`: the query compression rank; None, queries not compressed)."""
     return dict(
-        kv_lora_rank=16,
-        q_lora_rank=q_lora_rank,
-        qk_rope_head_dim=4,
-        qk_nope_head_dim=4,
-        v_head_dim=8,
-        num_key_value_heads=4,
+        kv_lora_rank=16, q_lora_rank=q_rank, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, num_key_value_heads=4
     )
 
 

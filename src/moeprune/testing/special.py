@@ -62,7 +62,7 @@ def special_specs(num_experts: int, top_k: int) -> dict[str, tuple[str, dict]]:
             dict(
                 v3_like(num_experts),
                 num_experts=num_experts,
-                **mla(q_lora_rank=None),
+                **mla(q_rank=None),
                 layer_types=interleaved("linear_attention", 3),
                 linear_head_dim=8,
                 linear_num_heads=4,
