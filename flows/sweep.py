@@ -114,7 +114,7 @@ def sweep(
     if not points:
         return skipped
     runner = task_runner(max_workers or params.sweep.max_workers, dask_address)
-    tracking_uri = resolve_tracking_uri(None, params, start=workdir)
+    tracking_uri = resolve_tracking_uri(None, params.registry, start=workdir)
     return skipped + run_grid.with_options(task_runner=runner)(str(workdir), points, tracking_uri)
 
 

@@ -26,8 +26,11 @@ from moeprune.config import (  # noqa: E402
     CalibrateSection,
     EvaluateSection,
     ProfileOptions,
+    RegistrySection,
     ScoreSection,
+    TestbedOptions,
     UnstructuredSection,
+    registry_section,
 )
 from moeprune.errors import MoepruneError  # noqa: E402
 from moeprune.validation import M, from_flags  # noqa: E402
@@ -63,6 +66,14 @@ def _params(model: type[M], **values: Any) -> M:
     """The stage's params model (`moeprune.config`) built from the command's flags; a bad value exits 1."""
     try:
         return from_flags(model, **values)
+    except MoepruneError as exc:
+        _fail(str(exc))
+
+
+def _registry(params: Path | None) -> RegistrySection | None:
+    """The `registry` section of the params file `--params` names (None without one); a bad file exits 1."""
+    try:
+        return registry_section(params)
     except MoepruneError as exc:
         _fail(str(exc))
 
@@ -142,9 +153,8 @@ def testbed(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Build the embedded testbed: a pretrained and a fine-tuned MoE model plus their data."""
-    _call(
-        "testbed", kind=kind.value, out=out, family=family, preset=preset, seed=seed, quick=quick, overwrite=overwrite
-    )
+    params = _params(TestbedOptions, family=family, preset=preset, seed=seed, quick=quick)
+    _call("testbed", kind=kind.value, out=out, params=params, overwrite=overwrite)
 
 
 @app.command()
@@ -215,18 +225,8 @@ def score(
 ) -> None:
     """Score every routed expert and choose the keep-set of each MoE layer."""
     params = _params(ScoreSection, method=method, expert_sparsity=expert_sparsity, seed=seed)
-    _call(
-        "score",
-        model=model,
-        out=out,
-        params=params,
-        profile=profile,
-        reference=reference,
-        calib=calib,
-        options=_split_options(option or []),
-        device=device,
-        overwrite=overwrite,
-    )
+    inputs = {"profile": profile, "reference": reference, "calib": calib, "options": _split_options(option or [])}
+    _call("score", model=model, out=out, params=params, device=device, overwrite=overwrite, **inputs)
 
 
 @app.command("prune-experts")
@@ -306,7 +306,8 @@ def register(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri")] = None,
 ) -> None:
     """Register a model directory as an MLflow model version with its metrics and lineage."""
-    _call("register", model=model, metrics=metrics, params=params, tracking_uri=tracking_uri)
+    section = _registry(params)
+    _call("register", model=model, metrics=metrics, params=section, tracking_uri=tracking_uri)
 
 
 @app.command("check-params")
@@ -358,7 +359,8 @@ def report(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the results report (tables and plots) from the registry or a study results file."""
-    _call("report", out=out, params=params, tracking_uri=tracking_uri, study=study, overwrite=overwrite)
+    section = _registry(params)
+    _call("report", out=out, params=section, tracking_uri=tracking_uri, study=study, overwrite=overwrite)
 
 
 def main() -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -79,6 +80,20 @@ def check_cron(value: str) -> str:
     return value
 
 
+def one_of(choices: tuple[str, ...], what: str) -> AfterValidator:
+    """The rule of a name field: one of `choices` (`check_choice`), for `Annotated[str, one_of(...)]`."""
+    return AfterValidator(lambda value: check_choice(value, choices, what))
+
+
+# One type per named choice, shared by every field (and list item) that takes it.
+ScoreMethod = Annotated[str, one_of(SCORE_METHODS, "score method")]
+UnstructuredMethod = Annotated[str, one_of(UNSTRUCTURED_METHODS, "unstructured method")]
+TestbedFamily = Annotated[str, one_of(TESTBED_FAMILIES, "family")]
+TestbedPreset = Annotated[str, one_of(tuple(PRESETS), "preset")]
+LmEvalBackend = Annotated[str, one_of(tuple(LM_EVAL_BACKENDS), "lm-eval backend")]
+Fraction = Annotated[float, AfterValidator(check_fraction)]
+
+
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, values are validated on assignment too.
 
@@ -93,20 +108,10 @@ class Section(BaseModel):
 class TestbedOptions(Section):
     """Flags of `moeprune testbed` as dvc.yaml unpacks them (`--preset`, `--family`, `--seed`, `--quick`)."""
 
-    preset: str | None = None
-    family: str | None = None
+    preset: TestbedPreset | None = None
+    family: TestbedFamily | None = None
     seed: int = Field(0, ge=0)
     quick: bool = False
-
-    @field_validator("family")
-    @classmethod
-    def _family(cls, value: str | None) -> str | None:
-        return None if value is None else check_choice(value, TESTBED_FAMILIES, "family")
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, value: str | None) -> str | None:
-        return None if value is None else check_choice(value, tuple(PRESETS), "preset")
 
 
 class TestbedSection(Section):
@@ -151,19 +156,9 @@ class ProfileOptions(Section):
 class ScoreSection(Section):
     """Expert scoring: `moeprune score --method --expert-sparsity --seed`."""
 
-    method: str = "router-change"
-    expert_sparsity: float = 0.5
+    method: ScoreMethod = "router-change"
+    expert_sparsity: Fraction = 0.5
     seed: int = Field(0, ge=0)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        return check_choice(value, SCORE_METHODS, "score method")
-
-    @field_validator("expert_sparsity")
-    @classmethod
-    def _sparsity(cls, value: float) -> float:
-        return check_fraction(value)
 
 
 class UnstructuredOptions(Section):
@@ -174,19 +169,14 @@ class UnstructuredOptions(Section):
     `sparsity`); method `none` needs none of them (`UnstructuredSection`).
     """
 
-    sparsity: float | None = None
-    total_sparsity: float | None = Field(None, alias="total-sparsity")
+    sparsity: Fraction | None = None
+    total_sparsity: Fraction | None = Field(None, alias="total-sparsity")
     owl: bool = False
     nm: str | None = None
     targets: Literal["all", "experts"] = "all"
     calibrate_all_experts: bool = Field(False, alias="calibrate-all-experts")
     streaming: bool = False
     batch_size: int = Field(8, gt=0, alias="batch-size")
-
-    @field_validator("sparsity", "total_sparsity")
-    @classmethod
-    def _fraction(cls, value: float | None) -> float | None:
-        return None if value is None else check_fraction(value)
 
     @field_validator("nm")
     @classmethod
@@ -207,13 +197,8 @@ class UnstructuredOptions(Section):
 class UnstructuredSection(Section):
     """Unstructured pruning after expert pruning; method `none` copies the model unchanged."""
 
-    method: str = "wanda"
+    method: UnstructuredMethod = "wanda"
     options: UnstructuredOptions = Field(default_factory=lambda: UnstructuredOptions(**{"total-sparsity": 0.6}))
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        return check_choice(value, UNSTRUCTURED_METHODS, "unstructured method")
 
     @field_validator("options")
     @classmethod
@@ -229,13 +214,8 @@ class LmEvalOptions(Section):
     Leave `include-path` out rather than null: dvc.yaml would pass a null on as the text "None".
     """
 
-    backend: str = "hf"
+    backend: LmEvalBackend = "hf"
     include_path: str | None = Field(None, alias="include-path")
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        return check_choice(value, tuple(LM_EVAL_BACKENDS), "lm-eval backend")
 
 
 class EvaluateSection(Section):
@@ -294,26 +274,11 @@ class PromoteSection(Section):
 class SweepSection(Section):
     """The grid the sweep flow runs as DVC experiments (every combination)."""
 
-    methods: list[str] = Field(default_factory=lambda: ["router-change", "stun", "reap", "random"])
-    expert_sparsity: list[float] = Field(default_factory=lambda: [0.25, 0.5])
-    unstructured_methods: list[str] = Field(default_factory=lambda: ["none", "wanda"])
-    total_sparsity: list[float] = Field(default_factory=lambda: [0.6])
+    methods: list[ScoreMethod] = Field(default_factory=lambda: ["router-change", "stun", "reap", "random"])
+    expert_sparsity: list[Fraction] = Field(default_factory=lambda: [0.25, 0.5])
+    unstructured_methods: list[UnstructuredMethod] = Field(default_factory=lambda: ["none", "wanda"])
+    total_sparsity: list[Fraction] = Field(default_factory=lambda: [0.6])
     max_workers: int = Field(2, gt=0)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        return [check_choice(v, SCORE_METHODS, "score method") for v in value]
-
-    @field_validator("unstructured_methods")
-    @classmethod
-    def _unstructured(cls, value: list[str]) -> list[str]:
-        return [check_choice(v, UNSTRUCTURED_METHODS, "unstructured method") for v in value]
-
-    @field_validator("expert_sparsity", "total_sparsity")
-    @classmethod
-    def _fractions(cls, value: list[float]) -> list[float]:
-        return [check_fraction(v) for v in value]
 
 
 class SchedulesSection(Section):
@@ -393,3 +358,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as error:
         raise MoepruneError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); fix the syntax") from None
     return parse_params(data, source=str(path))
+
+
+def registry_section(path: str | Path | None) -> RegistrySection | None:
+    """The validated `registry` section of the params file at `path`; None when no file is named.
+
+    Raises:
+        MoepruneError: as `load_params`.
+    """
+    return load_params(path).registry if path is not None else None

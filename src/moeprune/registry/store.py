@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from moeprune.config import Params
+from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
 from moeprune.registry.tags import repo_root
 
@@ -33,7 +33,7 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def resolve_tracking_uri(
-    tracking_uri: str | None = None, params: Params | None = None, start: Path | None = None
+    tracking_uri: str | None = None, registry: RegistrySection | None = None, start: Path | None = None
 ) -> str:
     """Argument, else $MLFLOW_TRACKING_URI, else params.yaml's registry.tracking_uri, else repo sqlite.
 
@@ -43,8 +43,8 @@ def resolve_tracking_uri(
         return tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if params is not None and params.registry.tracking_uri:
-        return params.registry.tracking_uri
+    if registry is not None and registry.tracking_uri:
+        return registry.tracking_uri
     return f"sqlite:///{repo_root(start) / 'mlflow.db'}"
 
 

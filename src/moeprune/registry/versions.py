@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import Params
+from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
 from moeprune.io_utils import weights_sha256, write_json
 from moeprune.lineage import read_lineage
@@ -86,7 +86,7 @@ def ensure_registered_model(client: Any, name: str, base: dict[str, str]) -> Non
 def register_model_dir(
     model_dir: str | Path,
     metrics: Path | dict | None = None,
-    params: Params | None = None,
+    registry: RegistrySection | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Log a model directory as an MLflow run and register it as a version of `<base>-pruned`.
@@ -97,7 +97,7 @@ def register_model_dir(
     Args:
         model_dir: a Hugging Face directory (written by moeprune, with `moeprune.json`, or a base model).
         metrics: the flat metrics JSON of the model (path or mapping), or None.
-        params: validated params.yaml (registry name and tracking URI), or None.
+        registry: params.yaml's validated `registry` section (model name and tracking URI), or None.
         tracking_uri: overrides every other source of the tracking URI.
 
     Returns:
@@ -106,14 +106,14 @@ def register_model_dir(
         metric tags filled in).
     """
     model_dir = Path(model_dir).resolve()
-    uri = resolve_tracking_uri(tracking_uri, params)
+    uri = resolve_tracking_uri(tracking_uri, registry)
     lineage = read_lineage(model_dir) or {}
     sha = weights_sha256(model_dir)
     values = read_metrics(metrics)
     client = mlflow_client(uri)
     with store_lock(uri):
         mark_orphaned_runs(client, experiment_id(client, uri))
-        return find_or_create(client, uri, model_dir, lineage, sha, values, metrics, params)
+        return find_or_create(client, uri, model_dir, lineage, sha, values, metrics, registry)
 
 
 def find_or_create(
@@ -124,19 +124,17 @@ def find_or_create(
     sha: str,
     values: dict[str, float],
     metrics: Any,
-    params: Params | None,
+    registry: RegistrySection | None,
 ) -> dict[str, Any]:
     """The version holding these weights: the existing one (metrics filled in) or a new one.
 
     Call under `store_lock(uri)`: between the lookup and the creation nobody else may register.
     """
     base = base_record(model_dir, lineage, sha)
-    name = (params.registry.model_name if params and params.registry.model_name else None) or base_model_name(
-        base["path"]
-    )
+    name = (registry.model_name if registry else None) or base_model_name(base["path"])
     ensure_registered_model(client, name, base)
     role = "base" if base["sha256"] == sha else "pruned"
-    base_version = None if role == "base" else ensure_base_version(client, name, base, params, uri)
+    base_version = None if role == "base" else ensure_base_version(client, name, base, registry, uri)
     existing = find_version(client, name, sha)
     if existing is not None:
         fill_missing_metrics(client, existing, values)
@@ -177,7 +175,9 @@ def base_record(model_dir: Path, lineage: dict, sha: str) -> dict[str, str]:
     return {"path": str(base.get("path", "")), "sha256": str(base["sha256"])}
 
 
-def ensure_base_version(client: Any, name: str, base: dict[str, str], params: Params | None, uri: str) -> str:
+def ensure_base_version(
+    client: Any, name: str, base: dict[str, str], registry: RegistrySection | None, uri: str
+) -> str:
     """The base's version number, registering the base directory first when it is not there yet."""
     found = find_version(client, name, base["sha256"])
     if found is not None:
@@ -188,7 +188,7 @@ def ensure_base_version(client: Any, name: str, base: dict[str, str], params: Pa
             f"base model {path} is not registered and not on disk with the sha256 the lineage records; "
             f"register the base first with `moeprune register --model BASE --metrics BASE_METRICS.json`"
         )
-    return str(register_model_dir(path, None, params, uri)["version"])
+    return str(register_model_dir(path, None, registry, uri)["version"])
 
 
 def parent_version(client: Any, name: str, model_dir: Path, lineage: dict, base_version: str | None) -> str:

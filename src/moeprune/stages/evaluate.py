@@ -36,17 +36,13 @@ def run(
 ) -> dict[str, Any]:
     """Evaluate `model` on `params.task` and write the flat metrics JSON to `out`.
 
-    Args:
-        model: The model directory.
-        out: The JSON file to write.
-        params: `moeprune.config.EvaluateSection`, already validated: `task` (one task or a comma-separated
+    Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
+        params: `moeprune.config.EvaluateSection`: `task` (one task or a comma-separated
             list: `gsm8k`, `gsm8k-local:PATH`, `perplexity:PATH`, `imagenet:DIR`, `lm-eval:NAME[+NAME...]`),
             `limit` (at most this many examples per task; None: all), `batch_size` and, for `lm-eval:`
             tasks, `lm_eval.backend` (`hf` or `vllm`) and `lm_eval.include_path` (a folder of task YAMLs).
         streaming: read the model one decoder layer at a time (perplexity; automatic above the memory
             budget). Tasks that generate need the whole model and refuse a model that must be streamed.
-        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
-        overwrite: Replace an existing `out` that is not an earlier metrics file.
 
     Returns:
         The metrics written to `out`.

@@ -32,12 +32,12 @@ def run(
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Profile `model` on the calibration file `calib`; write the profile directory `out`.
+    """Profile `model` on the calibration file `calib`; write the profile directory `out` (see `moeprune.stages`).
 
     `params` (`moeprune.config.ProfileOptions`, defaults when None): the batch size and `streaming`. With
     `streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time; the statistics are the
-    same as in memory. `device`: see `moeprune.devices.resolve_device`.
+    same as in memory.
 
     Returns:
         The summary written to `out/profile.json`.

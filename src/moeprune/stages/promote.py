@@ -61,7 +61,7 @@ def run(params: Path | None = None, tracking_uri: str | None = None, dry_run: bo
         `{"dry_run": bool, "tracking_uri": str, "decisions": [Decision.to_dict(), ...]}`.
     """
     config = load_params(params) if params is not None else Params()
-    uri = resolve_tracking_uri(tracking_uri, config)
+    uri = resolve_tracking_uri(tracking_uri, config.registry)
     decisions = promote(uri, config.promote, dry_run=dry_run, model_name=config.registry.model_name)
     console = Console(stderr=True)
     for decision in decisions:

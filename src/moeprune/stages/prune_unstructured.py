@@ -48,13 +48,9 @@ def run(
 ) -> dict[str, Any]:
     """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
 
-    Args:
-        model: The model directory.
-        out: The pruned model directory to write.
-        params: The method and its options (`moeprune.config.UnstructuredSection`, already validated).
+    Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
+        params: The method and its options (`moeprune.config.UnstructuredSection`).
         calib: The calibration file (methods that need inputs, OWL).
-        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
-        overwrite: Replace an existing `out` that is not an earlier output of this stage.
 
     With `params.options.streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time and each pruned layer is

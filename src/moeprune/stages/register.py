@@ -18,14 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
-from moeprune.config import Params, load_params
+from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
 from moeprune.registry import register_model_dir, write_registry_record
-
-
-def load_optional_params(params: Path | None) -> Params | None:
-    """The validated params file when one is given, else None."""
-    return load_params(params) if params is not None else None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -46,20 +41,23 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(model: Path, metrics: Path, params: Path | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+def run(
+    model: Path, metrics: Path, params: RegistrySection | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Register `model` with `metrics`; the record returned is also written to `<metrics>.registry.json`.
 
     Args:
         model: the Hugging Face model directory.
         metrics: its flat metrics JSON (from `moeprune evaluate`).
-        params: params.yaml for the registry name and tracking URI (optional).
+        params: params.yaml's `registry` section (`moeprune.config.RegistrySection`, already validated):
+            the registered model's name and the tracking URI; None: the defaults.
         tracking_uri: overrides params and $MLFLOW_TRACKING_URI.
     """
     model, metrics = Path(model), Path(metrics)
     if not model.is_dir():
         raise MoepruneError(f"{model}: model directory not found; pass --model DIR written by save_pretrained")
     with sigterm_as_exit():
-        record = register_model_dir(model, metrics, load_optional_params(params), tracking_uri)
+        record = register_model_dir(model, metrics, params, tracking_uri)
     record["registry_json"] = str(write_registry_record(metrics, record))
     verb = "registered" if record["created"] else "already registered as"
     Console(stderr=True).print(

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import load_params
+from moeprune.config import RegistrySection
 from moeprune.io_utils import atomic_dir
 from moeprune.outputs import claim_output
 from moeprune.report.markdown import render
@@ -95,18 +95,14 @@ def group_data(group: Group) -> dict[str, Any]:
     }
 
 
-def resolve_uri(params: Path | None, tracking_uri: str | None) -> str | None:
+def resolve_uri(params: RegistrySection | None, tracking_uri: str | None) -> str | None:
     """--tracking-uri, else params.yaml's registry.tracking_uri, else None (the registry's defaults)."""
-    if tracking_uri:
-        return tracking_uri
-    if params is not None:
-        return load_params(params).registry.tracking_uri
-    return None
+    return tracking_uri or (params.tracking_uri if params is not None else None)
 
 
 def run(
     out: Path,
-    params: Path | None = None,
+    params: RegistrySection | None = None,
     tracking_uri: str | None = None,
     study: Path | None = None,
     overwrite: bool = False,
@@ -115,7 +111,8 @@ def run(
 
     Args:
         out: the report directory (report.md, report.json, PNG files).
-        params: params.yaml, for the registry's tracking URI (optional).
+        params: params.yaml's `registry` section (`moeprune.config.RegistrySection`, already validated),
+            for the tracking URI (optional).
         tracking_uri: the MLflow tracking URI; overrides params and the study file's.
         study: a study results file from `flows/study.py`; None reports the whole registry.
 
@@ -125,7 +122,7 @@ def run(
     Raises:
         MoepruneError: nothing registered, a study point without a version, or a missing study file.
     """
-    out = claim_output(out, "report", inputs=[params, study], overwrite=overwrite)
+    out = claim_output(out, "report", inputs=[study], overwrite=overwrite)
     uri = resolve_uri(params, tracking_uri)
     record = read_study(Path(study)) if study is not None else None
     groups = load_study_results(record, uri) if record else load_registry_results(uri)

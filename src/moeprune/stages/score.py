@@ -107,14 +107,10 @@ def run(
 ) -> dict[str, Any]:
     """Score the experts of `model` and write the scores file `out` (atomically).
 
-    Args:
-        model: The model directory.
-        out: The scores file to write.
-        params: Method, expert sparsity and seed (`moeprune.config.ScoreSection`, already validated).
+    Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
+        params: Method, expert sparsity and seed (`moeprune.config.ScoreSection`).
         profile, reference, calib: The inputs the method needs (`moeprune.catalog.scorers`).
         options: The method's options as given (`KEY: "VALUE"`), checked against its declaration.
-        device: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
-        overwrite: Replace an existing `out` that is not an earlier scores file.
 
     Returns:
         The scores record written to `out`.

@@ -6,34 +6,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moeprune.config import TestbedOptions
 from moeprune.errors import MoepruneError
 from moeprune.outputs import claim_output
 
 
-def run(
-    kind: str,
-    out: Path,
-    family: str | None = None,
-    preset: str | None = None,
-    seed: int = 0,
-    quick: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Build the `lm` or `vision` testbed under `out` (`family` and `preset` apply to `lm` only).
+def run(kind: str, out: Path, params: TestbedOptions | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Build the `lm` or `vision` testbed under `out`.
 
-    `out` may hold an earlier testbed (its `testbed.json`); anything else only with `overwrite`.
+    `params` (`moeprune.config.TestbedOptions`, already validated; defaults when None): preset, family, seed
+    and quick; `family` and `preset` apply to `lm` only. `out` may hold an earlier testbed (its
+    `testbed.json`); anything else only with `overwrite`.
     """
+    params = params or TestbedOptions()
     out = claim_output(out, "testbed", overwrite=overwrite)
     if kind == "lm":
         from moeprune.testbed.lm import build_lm_testbed
 
-        summary = build_lm_testbed(Path(out), family=family, preset=preset, seed=seed, quick=quick)
+        summary = build_lm_testbed(
+            Path(out), family=params.family, preset=params.preset, seed=params.seed, quick=params.quick
+        )
     elif kind == "vision":
-        if family or preset:
+        if params.family or params.preset:
             raise MoepruneError("--family and --preset apply to the lm testbed only; drop them for vision")
         from moeprune.testbed.vision import build_vision_testbed
 
-        summary = build_vision_testbed(Path(out), seed=seed, quick=quick)
+        summary = build_vision_testbed(Path(out), seed=params.seed, quick=params.quick)
     else:
         raise MoepruneError(f"unknown testbed kind '{kind}'; choose lm or vision")
     print(json.dumps(_brief(summary), indent=2, default=str))
