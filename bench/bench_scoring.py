@@ -100,7 +100,7 @@ def _run(method: str, model, reference, batches, options: dict | None = None, re
 
 def naee_per_keep_set(model, batches) -> dict:
     """NAEE's enumeration as the paper states it: one block forward per keep-set; same keep-set as `naee`."""
-    from moeprune.layerwise import model_inputs
+    from moeprune.checkpoint.layerwise import model_inputs
     from moeprune.scoring.naee import BlockInputRecorder, SlicedRouter, keep_sets
 
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def naee_per_keep_set(model, batches) -> dict:
 def bare_forward_seconds(model, batches) -> dict[str, float]:
     """Best-of time of the plain model forward with transformers' grouped_mm and eager experts (context for
     the per-token scaling: a profiling pass reproduces eager's per-expert matmuls)."""
-    from moeprune.layerwise import model_inputs
+    from moeprune.checkpoint.layerwise import model_inputs
 
     seconds = {}
     for implementation in ("grouped_mm", "eager"):

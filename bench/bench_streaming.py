@@ -153,7 +153,7 @@ def worker(mode: str, model: Path, calib: Path, out: Path) -> dict:
     """One mode in this process: profile, then wanda; returns peak RSS and timings."""
     from transformers import MixtralForCausalLM  # noqa: F401  (the modeling code is part of the floor)
 
-    from moeprune.config import ProfileOptions, UnstructuredOptions, UnstructuredSection
+    from moeprune.params import ProfileOptions, UnstructuredOptions, UnstructuredSection
     from moeprune.stages import profile as profile_stage
     from moeprune.stages import prune_unstructured
 

@@ -19,7 +19,7 @@ from prefect import flow
 from flows.pipeline import pipeline
 from flows.promote import promote
 from flows.sweep import sweep
-from moeprune.config import load_params
+from moeprune.params import load_params
 
 CHAINS = {"lm": ".", "vision": "pipelines/vision"}
 

@@ -12,7 +12,7 @@ from prefect.schedules import Cron
 
 from flows.promote import promote
 from flows.sweep import nightly_sweep
-from moeprune.config import Params
+from moeprune.params import Params
 
 
 def build_deployments(params: Params, root: str, params_file: str) -> list[Any]:

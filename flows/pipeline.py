@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from moeprune.config import load_params
+from moeprune.params import load_params
 from tasks.commands import PipelineFiles, pipeline_commands, shell
 from tasks.stages import STAGE_TASKS, STAGES, commit_stage, register_model, reproduce_stage, stage_target
 

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from moeprune.config import load_params
+from moeprune.params import load_params
 from tasks.stages import promote_models
 
 

@@ -15,7 +15,7 @@ from prefect import serve
 
 from flows import exit_code
 from flows.deployments import build_deployments
-from moeprune.config import load_params
+from moeprune.params import load_params
 from moeprune.registry.tags import repo_root
 
 

@@ -44,7 +44,7 @@ from flows.study_plan import (  # noqa: E402
 )
 from flows.study_record import machine, merge_previous, results_record, write_all_metrics  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
-from moeprune.io_utils import write_json  # noqa: E402
+from moeprune.outputs import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Rough relative CPU cost of one command, to balance the workers (LM generation dominates).

@@ -22,7 +22,7 @@ from flows.study_plan import (
     spec_record,
     testbed_command,
 )
-from moeprune.io_utils import write_json
+from moeprune.outputs import write_json
 from tasks.commands import shell
 
 SCORING_FIGURES = ("seconds", "forward_passes")

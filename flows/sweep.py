@@ -20,8 +20,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import exit_code
-from moeprune.config import SweepSection, load_params
 from moeprune.errors import MoepruneError
+from moeprune.params import SweepSection, load_params
 from moeprune.registry import resolve_tracking_uri
 from moeprune.registry.tags import repo_root
 from tasks.stages import existing_experiments, run_experiment

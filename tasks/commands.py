@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moeprune.config import Params
+    from moeprune.params import Params
 
 Argv = list[str]
 PathLike = str | Path

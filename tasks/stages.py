@@ -118,7 +118,7 @@ def register_model(
     model: str, metrics: str, params: str | None = None, tracking_uri: str | None = None
 ) -> dict[str, Any]:
     """`moeprune register`: retried, because a tracking server can be briefly unavailable."""
-    from moeprune.config import registry_section
+    from moeprune.params import registry_section
     from moeprune.stages.register import run
 
     return run(Path(model), Path(metrics), registry_section(params or None), tracking_uri)

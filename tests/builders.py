@@ -95,8 +95,7 @@ def save_tiny_vision(root: Path) -> tuple[Path, Path]:
 def unstructured_params(method: str, **options):
     """prune-unstructured's params model from its flags in Python spelling (`total_sparsity=0.6`), as the CLI
     builds it (a bad value raises the CLI's one-line MoepruneError)."""
-    from moeprune.config import UnstructuredSection
-    from moeprune.validation import from_flags
+    from moeprune.params import UnstructuredSection, from_flags
 
     flags = {key.replace("_", "-"): value for key, value in options.items()}
     return from_flags(UnstructuredSection, method=method, options=flags)
@@ -104,6 +103,6 @@ def unstructured_params(method: str, **options):
 
 def evaluate_params(task: str, limit: int | None = None, batch_size: int = 8):
     """evaluate's params model with the CLI's defaults (every example, batches of 8)."""
-    from moeprune.config import EvaluateSection
+    from moeprune.params import EvaluateSection
 
     return EvaluateSection(task=task, limit=limit, batch_size=batch_size)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from moeprune.io_utils import sha256_files, write_json
+from moeprune.outputs import sha256_files, write_json
 from moeprune.testing import tiny_moe_model
 
 

@@ -1,6 +1,6 @@
 """`moeprune`: one subcommand per pipeline stage (docs/design.md, "The stages and their contracts").
 
-Each command parses its flags, builds the stage's params model (`moeprune.config`, validated once, here) and
+Each command parses its flags, builds the stage's params model (`moeprune.params`, validated once, here) and
 calls `moeprune.stages.<stage>.run(...)` with it and the paths; nothing else lives here.
 """
 
@@ -22,18 +22,19 @@ import typer  # noqa: E402
 from moeprune.catalog.scorers import SCORERS  # noqa: E402
 from moeprune.catalog.tasks import TASKS, usage  # noqa: E402
 from moeprune.catalog.unstructured import UNSTRUCTURED, unstructured_choices  # noqa: E402
-from moeprune.config import (  # noqa: E402
+from moeprune.errors import MoepruneError  # noqa: E402
+from moeprune.params import (  # noqa: E402  # noqa: E402
     CalibrateSection,
     EvaluateSection,
+    M,
     ProfileOptions,
     RegistrySection,
     ScoreSection,
     TestbedOptions,
     UnstructuredSection,
+    from_flags,
     registry_section,
 )
-from moeprune.errors import MoepruneError  # noqa: E402
-from moeprune.validation import M, from_flags  # noqa: E402
 
 app = typer.Typer(
     name="moeprune",
@@ -63,7 +64,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _params(model: type[M], **values: Any) -> M:
-    """The stage's params model (`moeprune.config`) built from the command's flags; a bad value exits 1."""
+    """The stage's params model (`moeprune.params`) built from the command's flags; a bad value exits 1."""
     try:
         return from_flags(model, **values)
     except MoepruneError as exc:

@@ -1,6 +1,6 @@
 """One source of truth per method: the registries of `moeprune.catalog` and everything that lists methods.
 
-config.py's accepted names, the CLI help, flows/study_plan.py's inputs per method and README's tables
+params/models.py's accepted names, the CLI help, flows/study_plan.py's inputs per method and README's tables
 are derived from the registries; these tests fail when any of them diverges (or when a declaration has
 no implementation, or an implementation reads an option it does not declare).
 """
@@ -16,7 +16,6 @@ import pytest
 import typer.main
 from method_tables import BLOCKS, readme_table, render
 
-from moeprune import config
 from moeprune.catalog import Option, Registry
 from moeprune.catalog.scorers import SCORERS, naee_refusal, run_needs
 from moeprune.catalog.tasks import TASKS, task_prefixes, usage
@@ -24,6 +23,7 @@ from moeprune.catalog.unstructured import UNSTRUCTURED, unstructured_choices
 from moeprune.cli import app
 from moeprune.errors import MoepruneError
 from moeprune.evaluation import tasks as task_module
+from moeprune.params import models as config
 from moeprune.pruning import unstructured as unstructured_module
 from moeprune.scoring import SCORERS as IMPLEMENTED_SCORERS
 from moeprune.stages.score import parse_options
@@ -38,7 +38,7 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None; import {module}; print('
 
 def test_the_catalogs_config_and_cli_import_without_torch() -> None:
     modules = ("moeprune.catalog.scorers", "moeprune.catalog.unstructured", "moeprune.catalog.tasks")
-    for module in (*modules, "moeprune.config", "moeprune.cli"):
+    for module in (*modules, "moeprune.params", "moeprune.cli"):
         done = subprocess.run(
             [sys.executable, "-c", BLOCK_TORCH.format(module=module)], capture_output=True, text=True, timeout=120
         )

@@ -16,8 +16,8 @@ from moeprune.checkpoint.budget import memory_budget_bytes, use_streaming
 from moeprune.checkpoint.shards import INDEX_FILE, ShardReader, write_file
 from moeprune.checkpoint.source import InMemorySource, open_model
 from moeprune.checkpoint.streamed import StreamedSource
-from moeprune.config import ProfileOptions, ScoreSection
 from moeprune.errors import MoepruneError
+from moeprune.params import ProfileOptions, ScoreSection
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import prune_unstructured
 from moeprune.stages import score as score_stage

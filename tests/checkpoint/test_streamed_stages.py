@@ -13,11 +13,11 @@ from moeprune.arch import get_adapter, load_model, merge_experts, remove_experts
 from moeprune.arch.loading import _auto_class
 from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.streamed import StreamedSource
-from moeprune.config import ScoreSection
 from moeprune.data.calibration import calibration_batches
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.efficiency import sparsity_figures
 from moeprune.evaluation.perplexity import evaluate_perplexity
+from moeprune.params import ScoreSection
 from moeprune.profiling import load_profile
 from moeprune.scoring import SCORERS, ScoringContext
 from moeprune.scoring.scores_file import layer_record

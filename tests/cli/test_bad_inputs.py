@@ -50,7 +50,7 @@ class Workspace:
 def ws(tmp_path_factory) -> Workspace:
     from builders import save_tiny_lm, write_gsm8k_jsonl
 
-    from moeprune.config import CalibrateSection, ScoreSection
+    from moeprune.params import CalibrateSection, ScoreSection
     from moeprune.stages import calibrate, profile, score
 
     root = tmp_path_factory.mktemp("ws")
@@ -262,7 +262,7 @@ CASES = [
     Case("out-foreign-json", OUT, lambda w, d, m: write(d / "out", '{"my": "notes"}') and score(w, d), "not an earlier `moeprune score`"),
     Case("enospc-calibrate", DISK, lambda w, d, m: disk_full(m, "safetensors.torch:save_file") or calib(w, d), "disk is full"),
     Case("enospc-prune-experts", DISK, lambda w, d, m: disk_full(m, "moeprune.checkpoint.writer:write_file") or prune(w.model, w.scores, d), "disk is full"),
-    Case("enospc-score", DISK, lambda w, d, m: disk_full(m, "moeprune.io_utils:os.replace") or score(w, d), "disk is full"),
+    Case("enospc-score", DISK, lambda w, d, m: disk_full(m, "moeprune.outputs.atomic:os.replace") or score(w, d), "disk is full"),
     Case("enospc-profile-rust-writer", DISK, lambda w, d, m: rust_disk_full(m) or prof(w.model, w.calib, d), "disk is full"),
     Case("score-unknown-method", ARGS, lambda w, d, m: score(w, d, method="best"), "best"),
     Case("evaluate-unknown-task", ARGS, lambda w, d, m: evaluate(w.model, "mmlu", d), "unknown evaluation task"),

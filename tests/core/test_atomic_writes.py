@@ -1,4 +1,4 @@
-"""Crash safety of `moeprune.io_utils`: a kill between any two filesystem operations of a write.
+"""Crash safety of `moeprune.outputs`: a kill between any two filesystem operations of a write.
 
 A `Kill` injector counts the filesystem operations a write makes (mkdir, rename, replace, chmod,
 unlink, rmdir, rmtree, open for writing) and "kills" the writer at the k-th: that operation and every
@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from moeprune.data.calibration import load_calibration, sidecar_path, write_calibration
-from moeprune.io_utils import atomic_dir, atomic_file, clean_leftovers, scratch_dir, write_json
-from moeprune.outputs import claim_output
+from moeprune.outputs import atomic_dir, atomic_file, claim_output, clean_leftovers, scratch_dir, write_json
 
 OUTCOME = (
     "the previous output is kept until the new one is in place{torn}; the rerun cleans the leftovers "
@@ -233,7 +232,7 @@ REAL_KILL = "a real SIGKILL of a writer process replacing a directory"
 CHILD = """
 import os, shutil, signal, sys
 from pathlib import Path
-from moeprune.io_utils import atomic_dir
+from moeprune.outputs import atomic_dir
 from moeprune.outputs import claim_output
 calls, at = [0], int(sys.argv[2])
 def killing(fn):

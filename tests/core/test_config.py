@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moeprune.config import load_params, parse_params
 from moeprune.errors import MoepruneError
+from moeprune.params import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 # README's "Reliability" table: (fault, inputs tested, outcome), rendered by tests/reliability_table.py.

@@ -70,7 +70,7 @@ def _chain(model, calib, out, device):
     from builders import unstructured_params
     from safetensors.torch import load_file
 
-    from moeprune.config import ScoreSection
+    from moeprune.params import ScoreSection
     from moeprune.stages import profile, prune_unstructured, score
 
     summary = profile.run(model=model, calib=calib, out=out / "profile", device=device)
@@ -111,7 +111,7 @@ def test_streaming_on_the_device_matches_in_memory_on_the_cpu(tmp_path, tiny_che
 
     from moeprune.checkpoint.shards import ShardReader
     from moeprune.checkpoint.source import open_model
-    from moeprune.config import ProfileOptions
+    from moeprune.params import ProfileOptions
     from moeprune.stages import profile, prune_unstructured
 
     model, calib = tiny_checkpoint

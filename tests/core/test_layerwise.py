@@ -1,10 +1,10 @@
-"""`moeprune.layerwise`, the one layer loop: block by block it gives the model's own output, and blocks of one
-kind share the arguments captured for them. (The streamed source's capture is in tests/checkpoint.)"""
+"""`moeprune.checkpoint.layerwise`, the one layer loop: block by block it gives the model's own output, and blocks of
+one kind share the arguments captured for them. (The streamed source's capture is in tests/checkpoint.)"""
 
 import pytest
 import torch
 
-from moeprune import layerwise
+from moeprune.checkpoint import layerwise
 from moeprune.checkpoint.source import InMemorySource
 from moeprune.testing import FAMILIES_WITH_TINY_MODELS, tiny_moe_model
 

@@ -7,18 +7,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moeprune import lineage
-from moeprune.registry import tags
+from moeprune.registry import lineage, tags
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; import {module}; print('imported')"
 
 
 def test_lineage_and_its_users_import_without_torch() -> None:
-    for module in ("moeprune.lineage", "moeprune.validation", "moeprune.registry.tags"):
+    for module in ("moeprune.registry.lineage", "moeprune.params", "moeprune.registry.tags"):
         done = subprocess.run(
             [sys.executable, "-c", BLOCK_TORCH.format(module=module)], capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0 and "imported" in done.stdout, f"{module}: {done.stderr[-800:]}"
+
+
+def test_lineage_imports_without_mlflow_or_torch() -> None:
+    """The pruning stages write lineage: importing it from the registry package must not load MLflow."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['mlflow'] = None; "
+        "from moeprune.registry.lineage import read_lineage, write_lineage; print('imported')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-800:]
 
 
 def test_read_lineage_is_none_without_a_record_and_the_record_with_one(tmp_path: Path) -> None:

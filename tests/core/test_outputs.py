@@ -94,8 +94,8 @@ def test_evaluation_temporaries_live_beside_the_output_and_go(model, tmp_path, m
 def test_every_stage_reruns_into_its_own_output_and_refuses_another_stages(tmp_path):
     from builders import evaluate_params, save_tiny_lm, unstructured_params, write_gsm8k_jsonl
 
-    from moeprune.config import CalibrateSection, ScoreSection
     from moeprune.errors import MoepruneError
+    from moeprune.params import CalibrateSection, ScoreSection
     from moeprune.stages import calibrate, evaluate, profile, prune_unstructured, score
 
     lm, problems = save_tiny_lm(tmp_path / "lm"), write_gsm8k_jsonl(tmp_path / "p.jsonl")

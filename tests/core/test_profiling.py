@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moeprune.arch import get_adapter
-from moeprune.config import ProfileOptions
 from moeprune.errors import MoepruneError
+from moeprune.params import ProfileOptions
 from moeprune.profiling import STAT_NAMES, forward_batch, load_profile, profile_model, profiling
 from moeprune.stages import profile as profile_stage
 from moeprune.testing import tiny_moe_model, tiny_vmoe_model

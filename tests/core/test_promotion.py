@@ -6,9 +6,9 @@ import pytest
 from registry_helpers import metrics_file, pruned_child, tiny_mixtral
 
 from moeprune import registry
-from moeprune.config import PromoteSection
 from moeprune.errors import MoepruneError
-from moeprune.promotion import Candidate, decide_promotion
+from moeprune.params import PromoteSection
+from moeprune.registry.promotion import Candidate, decide_promotion
 
 METRIC = "gsm8k.exact_match_strict"
 POLICY = PromoteSection(metric=METRIC, min_retention=0.9)

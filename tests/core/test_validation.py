@@ -7,7 +7,7 @@ import re
 import pytest
 
 from moeprune.errors import MoepruneError
-from moeprune.validation import check_fraction, check_nm, parse_nm
+from moeprune.params import check_fraction, check_nm, parse_nm
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 0.999])

@@ -9,7 +9,6 @@ import pytest
 import torch
 from builders import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
 
-from moeprune.config import CalibrateSection
 from moeprune.data.calibration import (
     calibration_batches,
     load_calibration,
@@ -18,9 +17,9 @@ from moeprune.data.calibration import (
     tokenize_documents,
 )
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_file
+from moeprune.outputs import sha256_file
+from moeprune.params import CalibrateSection, from_flags
 from moeprune.stages import calibrate
-from moeprune.validation import from_flags
 
 
 def _calibrate(model: Path, source: str, samples: int, seq_len: int, out: Path, seed: int = 0) -> dict:

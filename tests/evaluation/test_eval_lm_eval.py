@@ -15,9 +15,9 @@ from builders import save_tiny_lm, write_gsm8k_jsonl
 from typer.testing import CliRunner
 
 from moeprune.cli import app
-from moeprune.config import PromoteSection
 from moeprune.evaluation.lm_eval_tasks import flat_metrics
-from moeprune.promotion import Candidate, decide_promotion
+from moeprune.params import PromoteSection
+from moeprune.registry.promotion import Candidate, decide_promotion
 from moeprune.registry.versions import read_metrics
 
 runner = CliRunner()
@@ -154,8 +154,8 @@ def test_report_tabulates_lm_eval_metrics():
 
 
 def test_params_accept_lm_eval_tasks_and_metrics():
-    from moeprune.config import parse_params
     from moeprune.errors import MoepruneError
+    from moeprune.params import parse_params
 
     evaluate = {"task": "lm-eval:my_mc+my_gen", "lm_eval": {"backend": "hf", "include-path": "tasks"}}
     params = parse_params({"evaluate": evaluate, "promote": {"metric": "my_mc.acc"}})

@@ -15,7 +15,7 @@ from moeprune.arch.linears import count_weights
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.efficiency import sparsity_figures, sparsity_from_counts
 from moeprune.evaluation.perplexity import evaluate_perplexity, split_windows
-from moeprune.lineage import build_lineage, write_lineage
+from moeprune.registry.lineage import build_lineage, write_lineage
 
 TEXT = "Tom has 3 red apples. Anna has 4 blue books. Sam eats 7 coins. " * 3  # 3 x 17 = 51 tokens
 

@@ -252,7 +252,7 @@ def test_cron_deployment_of_promote_runs_once_on_a_runner(repo, pipeline_runs, m
 
 def test_serve_deployments_match_params_and_infra_yaml():
     from flows.deployments import build_deployments
-    from moeprune.config import load_params
+    from moeprune.params import load_params
 
     params = load_params(ROOT / "params.yaml")
     deployments = {d.name: d for d in build_deployments(params, str(ROOT), str(ROOT / "params.yaml"))}

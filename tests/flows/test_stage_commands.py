@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ and tasks/ live beside src/
 
-from moeprune.config import load_params  # noqa: E402
+from moeprune.params import load_params  # noqa: E402
 from tasks import commands  # noqa: E402
 from tasks.commands import PipelineFiles, option_flags, pipeline_commands  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_the_every_option_case_really_sets_every_option():
 
 
 def load_params_dict(data: dict):
-    from moeprune.config import parse_params
+    from moeprune.params import parse_params
 
     return parse_params(data)
 

@@ -8,8 +8,8 @@ import pytest
 from registry_helpers import metrics_file, model_sha, pruned_child, tiny_mixtral
 
 from moeprune import registry
-from moeprune.config import PromoteSection
 from moeprune.errors import MoepruneError
+from moeprune.params import PromoteSection
 from moeprune.stages.register import run as register_stage
 
 NAME = "lm-finetuned-pruned"

@@ -21,7 +21,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from moeprune import registry
-from moeprune.io_utils import weights_sha256
+from moeprune.outputs import weights_sha256
 from moeprune.testbed.lm import build_lm_testbed
 from moeprune.testbed.vision import build_vision_testbed
 

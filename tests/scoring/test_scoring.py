@@ -13,15 +13,14 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from moeprune.arch import get_adapter, remove_experts
-from moeprune.config import ScoreSection
 from moeprune.errors import MoepruneError
+from moeprune.params import ScoreSection, from_flags
 from moeprune.profiling import forward_batch, profile_model
 from moeprune.scoring import SCORERS, ScoringContext
 from moeprune.scoring.base import keep_count, select_keep
 from moeprune.stages import profile as profile_stage
 from moeprune.stages import score as score_stage
 from moeprune.testing import tiny_moe_model
-from moeprune.validation import from_flags
 
 IDS = torch.randint(3, 128, (6, 12), generator=torch.Generator().manual_seed(1))
 DEAD = [5, 6, 7]

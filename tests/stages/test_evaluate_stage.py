@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from builders import save_tiny_lm, save_tiny_vision, write_gsm8k_jsonl
 
-from moeprune.config import EvaluateSection
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.perplexity import evaluate_perplexity
 from moeprune.evaluation.tasks import TASKS, parse_task, parse_tasks
+from moeprune.params import EvaluateSection, from_flags
 from moeprune.stages import evaluate
-from moeprune.validation import from_flags
 
 SPARSITY_KEYS = (
     "expert_sparsity",

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from moeprune.arch import get_adapter, load_model, remove_experts
 from moeprune.arch.linears import count_weights, layer_linear_weights
 from moeprune.errors import MoepruneError
-from moeprune.lineage import build_lineage, write_lineage
+from moeprune.registry.lineage import build_lineage, write_lineage
 from moeprune.stages import prune_unstructured
 from moeprune.testing import tiny_moe_model
 

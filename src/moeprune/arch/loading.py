@@ -11,7 +11,7 @@ from torch import nn
 from moeprune.arch.refused import check_not_refused
 from moeprune.checkpoint.shards import INDEX_FILE, check_safetensors
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
+from moeprune.outputs import weights_sha256  # noqa: F401  (re-exported by moeprune.arch)
 
 # Files a model directory holds besides weights that the next stage must keep (tokenizer, processor).
 _NOT_COPIED = {"config.json", "generation_config.json", "moeprune.json", "README.md", "model.safetensors.index.json"}

@@ -2,7 +2,7 @@
 
 Torch-free: the entries (name, summary, needs, options with types and defaults, facts) are declared in
 `catalog/scorers.py`, `catalog/unstructured.py` and `catalog/tasks.py`; the torch implementations attach
-to them (`@REGISTRY.implements("name")`). config.py, the CLI help, flows/study_plan.py and README's
+to them (`@REGISTRY.implements("name")`). params/models.py, the CLI help, flows/study_plan.py and README's
 method tables read the declarations, so a method's name, needs and options are written once.
 
     SCORERS = Registry("scoring method", needs=("profile", "reference", "calibration"))

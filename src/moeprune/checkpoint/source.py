@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter, get_adapter
 from moeprune.arch.linears import base_stats, nonzero_count, prunable_weights, targeted_count
 from moeprune.arch.loading import check_model_dir, load_model
+from moeprune.checkpoint import layerwise
 from moeprune.checkpoint.budget import use_streaming
 from moeprune.checkpoint.writer import InMemoryWriter
 

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter, get_adapter
 from moeprune.arch.linears import base_stats, layer_linear_weights, nonzero_count, targeted_count
 from moeprune.arch.loading import _auto_class, check_model_dir, register_own_models
+from moeprune.checkpoint import layerwise
 from moeprune.checkpoint.key_conversion import KeyConversion
+from moeprune.checkpoint.layerwise import CapturedInputs, capture_block_inputs, layers_replaced
 from moeprune.checkpoint.shards import ShardReader
 from moeprune.checkpoint.writer import ShardWriter
 from moeprune.errors import MoepruneError
-from moeprune.layerwise import CapturedInputs, capture_block_inputs, layers_replaced
 
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # oneDNN (torch's CPU bf16 matmuls) and torch's ideep layer each cache a compiled primitive per new

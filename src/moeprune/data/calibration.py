@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import atomic_file, sha256_file
+from moeprune.outputs import atomic_file, sha256_file
 
 CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
 JSONL_SUFFIXES = (".jsonl", ".json")

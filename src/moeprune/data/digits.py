@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import atomic_dir
+from moeprune.outputs import atomic_dir
 
 DIGITS_IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

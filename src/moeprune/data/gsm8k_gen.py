@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import atomic_file
+from moeprune.outputs import atomic_file
 
 HE_NAMES = [
     "Tom",

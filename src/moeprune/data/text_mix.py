@@ -16,7 +16,7 @@ from pathlib import Path
 
 from moeprune.data import kinds
 from moeprune.data.gsm8k_gen import HE_NAMES, OBJECTS, SHE_NAMES
-from moeprune.io_utils import atomic_file
+from moeprune.outputs import atomic_file
 
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "brown", "pink"]
 ANIMALS = ["cat", "dog", "bird", "fish", "horse", "cow", "duck", "frog"]

@@ -27,7 +27,7 @@ def size_on_disk(model_dir: str | Path) -> int:
 
 def base_statistics(model_dir: str | Path, own: dict[str, int]) -> dict[str, int]:
     """`routed_experts` and `prunable_params` of the base model: from the lineage, else the model's own."""
-    from moeprune.lineage import read_lineage
+    from moeprune.registry.lineage import read_lineage
 
     record = read_lineage(model_dir)
     if record is None:

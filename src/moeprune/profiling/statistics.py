@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moeprune import layerwise
 from moeprune.arch import get_adapter
+from moeprune.checkpoint import layerwise
 from moeprune.checkpoint.source import ModelSource, as_source
 from moeprune.errors import MoepruneError
 

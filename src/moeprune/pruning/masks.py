@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from moeprune.errors import MoepruneError
-from moeprune.validation import check_fraction, check_nm
+from moeprune.params import check_fraction, check_nm
 
 MAX_LAYER_SPARSITY = 0.99
 

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from moeprune import layerwise
 from moeprune.arch.adapter import MoEAdapter
 from moeprune.arch.linears import layer_linear_weights
+from moeprune.checkpoint import layerwise
 from moeprune.pruning.masks import outlier_ratio, owl_layer_sparsities
 from moeprune.pruning.unstructured import InputStats, UnstructuredMethod, owl_scores
 

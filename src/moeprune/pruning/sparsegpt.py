@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from moeprune.errors import MoepruneError
+from moeprune.params import check_nm
 from moeprune.pruning.masks import check_sparsity
-from moeprune.validation import check_nm
 
 
 def sparsegpt_prune_(

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import PromoteSection
 from moeprune.errors import MoepruneError
-from moeprune.promotion import Candidate, Decision, apply_decision, decide_promotion
+from moeprune.params import PromoteSection
 from moeprune.registry.flavors import checkpoint_dir
+from moeprune.registry.promotion import Candidate, Decision, apply_decision, decide_promotion
 from moeprune.registry.store import mlflow_client, resolve_tracking_uri, store_lock
 from moeprune.registry.versions import registered_model_exists
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
+from moeprune.params import RegistrySection
 from moeprune.registry.tags import repo_root
 
 EXPERIMENT = "moeprune"

@@ -1,6 +1,6 @@
 """The tags a registered version carries: lineage, methods, figures, DVC stage hashes, git commit.
 
-No MLflow here: plain reading of `moeprune.json` lineage records (through `moeprune.lineage`), `dvc.lock`
+No MLflow here: plain reading of `moeprune.json` lineage records (through `moeprune.registry.lineage`), `dvc.lock`
 and git.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from moeprune.lineage import git_commit, read_lineage
+from moeprune.registry.lineage import git_commit, read_lineage
 
 EXPERT_STAGES = {"prune-experts", "prune_experts"}
 UNSTRUCTURED_STAGES = {"prune-unstructured", "prune_unstructured"}

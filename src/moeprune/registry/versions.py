@@ -15,11 +15,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import weights_sha256, write_json
-from moeprune.lineage import read_lineage
+from moeprune.outputs import weights_sha256, write_json
+from moeprune.params import RegistrySection
 from moeprune.registry.flavors import FLAVOR_TAG, model_card_text, model_flavor
+from moeprune.registry.lineage import read_lineage
 from moeprune.registry.runs import MODEL_ARTIFACT, log_contents, mark_orphaned_runs, registration_run
 from moeprune.registry.store import experiment_id, mlflow_client, resolve_tracking_uri, store_lock
 from moeprune.registry.tags import lineage_tags

@@ -18,8 +18,8 @@ from moeprune.arch import MoEAdapter, MoELayer
 from moeprune.catalog.scorers import SCORERS
 from moeprune.checkpoint.source import ModelSource, as_source
 from moeprune.errors import MoepruneError
+from moeprune.params import check_fraction
 from moeprune.profiling import Profile
-from moeprune.validation import check_fraction
 
 
 @dataclass

@@ -36,8 +36,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from moeprune import layerwise
 from moeprune.arch import MoELayer
+from moeprune.checkpoint import layerwise
 from moeprune.errors import MoepruneError
 from moeprune.scoring import implements
 from moeprune.scoring.base import LayerScores, ScoringContext

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import weights_sha256, write_json
+from moeprune.outputs import weights_sha256, write_json
 from moeprune.scoring.base import LayerScores
 
 SCHEMA = "see the schema in docs/design.md"

@@ -5,8 +5,8 @@ every stage (a stage's docstring names only the others):
 
 - `model`: the Hugging Face model directory the stage reads.
 - `out`: what it writes, atomically, after `moeprune.outputs.claim_output` accepted the place.
-- `params`: its validated params model (`moeprune.config`), built from params.yaml or, by the CLI, from the
-  flags (`moeprune.validation.from_flags`); the stage does not check those values again. Stages whose
+- `params`: its validated params model (`moeprune.params`), built from params.yaml or, by the CLI, from the
+  flags (`moeprune.params.from_flags`); the stage does not check those values again. Stages whose
   only inputs are paths and a switch or two (`inspect`, `prune-experts`) have none.
 - `device`: auto, cpu, cuda, cuda:N or mps (`moeprune.devices.resolve_device`).
 - `overwrite`: replace an existing `out` that is not an earlier output of this stage.

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from moeprune.arch.loading import check_model_dir, register_own_models
-from moeprune.config import CalibrateSection
 from moeprune.data.calibration import (
     choose_images,
     dataset_sha256,
@@ -37,8 +36,8 @@ from moeprune.data.calibration import (
     write_calibration,
 )
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_file
-from moeprune.outputs import claim_output
+from moeprune.outputs import claim_output, sha256_file
+from moeprune.params import CalibrateSection
 
 
 def model_config(model_dir: str | Path):
@@ -157,7 +156,7 @@ def run(model: Path, out: Path, params: CalibrateSection, overwrite: bool = Fals
     Args:
         model: The model directory whose tokenizer or image processor prepares the data.
         out: The safetensors file to write.
-        params: `moeprune.config.CalibrateSection`, already validated: `source` (`gsm8k-local:PATH`,
+        params: `moeprune.params.CalibrateSection`, already validated: `source` (`gsm8k-local:PATH`,
             `text:PATH`, `imagefolder:DIR` or `hf:NAME[:SPLIT]`), `samples` (token windows or images),
             `seq_len` (tokens per window; ignored for image models) and `seed` (of the window offsets or
             the image choice).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moeprune.config import Params, load_params
+from moeprune.params import Params, load_params
 
 
 def run(params: Path = Path("params.yaml")) -> Params:

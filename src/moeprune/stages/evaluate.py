@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.arch.loading import check_model_dir
-from moeprune.config import EvaluateSection
 from moeprune.devices import resolve_device
 from moeprune.evaluation.efficiency import sparsity_figures
 from moeprune.evaluation.tasks import check_tasks, run_tasks
-from moeprune.io_utils import scratch_dir, write_json
-from moeprune.outputs import claim_output
+from moeprune.outputs import claim_output, scratch_dir, write_json
+from moeprune.params import EvaluateSection
 
 
 def run(
@@ -37,7 +36,7 @@ def run(
     """Evaluate `model` on `params.task` and write the flat metrics JSON to `out`.
 
     Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
-        params: `moeprune.config.EvaluateSection`: `task` (one task or a comma-separated
+        params: `moeprune.params.EvaluateSection`: `task` (one task or a comma-separated
             list: `gsm8k`, `gsm8k-local:PATH`, `perplexity:PATH`, `imagenet:DIR`, `lm-eval:NAME[+NAME...]`),
             `limit` (at most this many examples per task; None: all), `batch_size` and, for `lm-eval:`
             tasks, `lm_eval.backend` (`hf` or `vllm`) and `lm_eval.include_path` (a folder of task YAMLs).

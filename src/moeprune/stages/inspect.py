@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.checkpoint.source import open_model
-from moeprune.lineage import read_lineage
+from moeprune.registry.lineage import read_lineage
 
 
 def describe(model_dir: Path) -> dict[str, Any]:

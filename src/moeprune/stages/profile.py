@@ -16,11 +16,10 @@ from typing import Any
 
 from moeprune.arch import weights_sha256
 from moeprune.checkpoint.source import open_model
-from moeprune.config import ProfileOptions
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
-from moeprune.io_utils import atomic_dir, sha256_file
-from moeprune.outputs import claim_output
+from moeprune.outputs import atomic_dir, claim_output, sha256_file
+from moeprune.params import ProfileOptions
 from moeprune.profiling import profile_model, save_profile
 
 
@@ -34,7 +33,7 @@ def run(
 ) -> dict[str, Any]:
     """Profile `model` on the calibration file `calib`; write the profile directory `out` (see `moeprune.stages`).
 
-    `params` (`moeprune.config.ProfileOptions`, defaults when None): the batch size and `streaming`. With
+    `params` (`moeprune.params.ProfileOptions`, defaults when None): the batch size and `streaming`. With
     `streaming` (or automatically when the checkpoint exceeds the memory budget, see
     `moeprune.checkpoint.budget.use_streaming`) one decoder layer is in memory at a time; the statistics are the
     same as in memory.

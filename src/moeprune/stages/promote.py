@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from moeprune.config import Params, load_params
-from moeprune.promotion import Decision
+from moeprune.params import Params, load_params
 from moeprune.registry import promote, resolve_tracking_uri
+from moeprune.registry.promotion import Decision
 
 
 def decision_table(decision: Decision) -> Table:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.checkpoint.source import open_model
-from moeprune.io_utils import atomic_dir
-from moeprune.lineage import build_lineage, write_lineage, write_model_card
-from moeprune.outputs import claim_output
+from moeprune.outputs import atomic_dir, claim_output
 from moeprune.pruning.experts import prune_experts_layerwise
+from moeprune.registry.lineage import build_lineage, write_lineage, write_model_card
 from moeprune.scoring.scores_file import ScoresFile, check_scores_model, keep_sets_for, read_scores
 
 

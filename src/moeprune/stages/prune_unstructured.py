@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.checkpoint.source import ModelSource, open_model
-from moeprune.config import UnstructuredSection
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import atomic_dir, write_json
-from moeprune.lineage import build_lineage, read_lineage, write_lineage, write_model_card
-from moeprune.outputs import claim_output
+from moeprune.outputs import atomic_dir, claim_output, write_json
+from moeprune.params import UnstructuredSection, parse_nm
 from moeprune.pruning.sequential import PruneSettings, prune_model
 from moeprune.pruning.unstructured import get_unstructured_method, total_to_unstructured_rate
-from moeprune.validation import parse_nm
+from moeprune.registry.lineage import build_lineage, read_lineage, write_lineage, write_model_card
 
 REPORT_FILE = "sparsity_report.json"
 
@@ -49,7 +47,7 @@ def run(
     """Prune `model` and write `out` (atomically) with its lineage and per-layer sparsity report.
 
     Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
-        params: The method and its options (`moeprune.config.UnstructuredSection`).
+        params: The method and its options (`moeprune.params.UnstructuredSection`).
         calib: The calibration file (methods that need inputs, OWL).
 
     With `params.options.streaming` (or automatically when the checkpoint exceeds the memory budget, see

@@ -18,8 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
-from moeprune.config import RegistrySection
 from moeprune.errors import MoepruneError
+from moeprune.params import RegistrySection
 from moeprune.registry import register_model_dir, write_registry_record
 
 
@@ -49,7 +49,7 @@ def run(
     Args:
         model: the Hugging Face model directory.
         metrics: its flat metrics JSON (from `moeprune evaluate`).
-        params: params.yaml's `registry` section (`moeprune.config.RegistrySection`, already validated):
+        params: params.yaml's `registry` section (`moeprune.params.RegistrySection`, already validated):
             the registered model's name and the tracking URI; None: the defaults.
         tracking_uri: overrides params and $MLFLOW_TRACKING_URI.
     """

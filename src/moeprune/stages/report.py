@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import RegistrySection
-from moeprune.io_utils import atomic_dir
-from moeprune.outputs import claim_output
+from moeprune.outputs import atomic_dir, claim_output
+from moeprune.params import RegistrySection
 from moeprune.report.markdown import render
 from moeprune.report.plots import write_group_plots
 from moeprune.report.rows import (
@@ -111,7 +110,7 @@ def run(
 
     Args:
         out: the report directory (report.md, report.json, PNG files).
-        params: params.yaml's `registry` section (`moeprune.config.RegistrySection`, already validated),
+        params: params.yaml's `registry` section (`moeprune.params.RegistrySection`, already validated),
             for the tracking URI (optional).
         tracking_uri: the MLflow tracking URI; overrides params and the study file's.
         study: a study results file from `flows/study.py`; None reports the whole registry.

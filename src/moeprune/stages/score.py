@@ -21,12 +21,11 @@ from moeprune.arch import validate_keep_sets, weights_sha256
 from moeprune.catalog.scorers import CALIBRATION_BATCH_SIZE, run_needs
 from moeprune.checkpoint.shards import check_safetensors
 from moeprune.checkpoint.source import open_model
-from moeprune.config import ScoreSection
 from moeprune.data.calibration import calibration_batches
 from moeprune.devices import resolve_device
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import sha256_file
-from moeprune.outputs import claim_output
+from moeprune.outputs import claim_output, sha256_file
+from moeprune.params import ScoreSection
 from moeprune.profiling import PROFILE_FILE, Profile, load_profile
 from moeprune.scoring import SCORERS, Scorer, ScoringContext
 from moeprune.scoring.router_change import check_same_architecture
@@ -108,7 +107,7 @@ def run(
     """Score the experts of `model` and write the scores file `out` (atomically).
 
     Args (`model`, `out`, `device`, `overwrite`: see `moeprune.stages`):
-        params: Method, expert sparsity and seed (`moeprune.config.ScoreSection`).
+        params: Method, expert sparsity and seed (`moeprune.params.ScoreSection`).
         profile, reference, calib: The inputs the method needs (`moeprune.catalog.scorers`).
         options: The method's options as given (`KEY: "VALUE"`), checked against its declaration.
 

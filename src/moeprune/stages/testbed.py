@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moeprune.config import TestbedOptions
 from moeprune.errors import MoepruneError
 from moeprune.outputs import claim_output
+from moeprune.params import TestbedOptions
 
 
 def run(kind: str, out: Path, params: TestbedOptions | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Build the `lm` or `vision` testbed under `out`.
 
-    `params` (`moeprune.config.TestbedOptions`, already validated; defaults when None): preset, family, seed
+    `params` (`moeprune.params.TestbedOptions`, already validated; defaults when None): preset, family, seed
     and quick; `family` and `preset` apply to `lm` only. `out` may hold an earlier testbed (its
     `testbed.json`); anything else only with `overwrite`.
     """

@@ -31,7 +31,7 @@ from moeprune.data.gsm8k_gen import read_jsonl, write_splits
 from moeprune.data.text_mix import write_pretrain_text
 from moeprune.data.tokenizer import build_tokenizer
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import atomic_dir, write_json
+from moeprune.outputs import atomic_dir, write_json
 from moeprune.profiling.plots import plot_kind_load
 from moeprune.testbed import diagnostics
 from moeprune.testbed.corpus import Corpus, build_corpus, heldout_text, mixed_batches, rows_by_kind

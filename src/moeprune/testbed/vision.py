@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification, is_moe_layer
 from moeprune.data.digits import DIGITS_IMAGE_SIZE, export_digits_imagefolder, load_imagefolder, read_image
-from moeprune.io_utils import atomic_dir, write_json
+from moeprune.outputs import atomic_dir, write_json
 
 ROTATION_LABELS = ("rot0", "rot90", "rot180", "rot270")
 # Model sizes: the default one is accurate enough for pruning damage to be measurable; quick is for tests.

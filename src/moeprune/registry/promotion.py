@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from moeprune.config import PromoteSection
 from moeprune.errors import MoepruneError
+from moeprune.params import PromoteSection
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -36,8 +36,8 @@ from moeprune.catalog.tasks import TASKS, task_prefixes, usage
 from moeprune.catalog.unstructured import unstructured_choices
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.lm_eval_tasks import BACKENDS as LM_EVAL_BACKENDS
+from moeprune.params.rules import check_fraction, parse_nm, validation_problems
 from moeprune.testbed.presets import PRESETS
-from moeprune.validation import check_fraction, parse_nm, validation_problems
 
 # The method and task names come from their registries (`moeprune.catalog`), never typed here.
 SCORE_METHODS = tuple(SCORERS.names())

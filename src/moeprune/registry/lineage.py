@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from moeprune.io_utils import sha256_file, weights_sha256, write_json
+from moeprune.outputs.atomic import sha256_file, weights_sha256, write_json
 
 LINEAGE_FILE = "moeprune.json"
 _PACKAGES = ("moeprune", "torch", "transformers", "safetensors", "lm_eval")

@@ -4,7 +4,7 @@ Every stage claims its output before it does any work:
 
     out = claim_output(out, "prune-experts", inputs=[model, scores], overwrite=overwrite)
 
-which first undoes what an interrupted earlier write of `out` left (`io_utils.clean_leftovers`), then
+which first undoes what an interrupted earlier write of `out` left (`atomic.clean_leftovers`), then
 refuses (one `MoepruneError` line) an `--out` that is the current directory or above it; that is,
 contains or lies inside an input; is a file where the stage writes a directory (or the reverse); or
 already holds something other than an earlier output of the same stage, unless `overwrite`. An earlier
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moeprune.errors import MoepruneError
-from moeprune.io_utils import clean_leftovers
-from moeprune.lineage import LINEAGE_FILE
+from moeprune.outputs.atomic import clean_leftovers
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -35,7 +34,13 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _lineage_of(stage: str) -> Callable[[Path], bool]:
-    return lambda out: _json(out / LINEAGE_FILE).get("stage") == stage
+    def written_by_stage(out: Path) -> bool:
+        # imported on use: the lineage module writes through `outputs.atomic`, so importing it here is a cycle
+        from moeprune.registry.lineage import LINEAGE_FILE
+
+        return _json(out / LINEAGE_FILE).get("stage") == stage
+
+    return written_by_stage
 
 
 def _has_keys(name: str | None, *keys: str) -> Callable[[Path], bool]:

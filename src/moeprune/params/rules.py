@@ -1,6 +1,6 @@
-"""One helper per validation rule, shared by config.py's pydantic validators and the stages. No torch.
+"""One helper per validation rule, shared by the pydantic validators of `models` and the stages. No torch.
 
-`from_flags` builds a config.py model from a command's flags (the CLI does this; the stages take the model
+`from_flags` builds a `models` model from a command's flags (the CLI does this; the stages take the model
 and do not check its values again).
 
 A rule is checked in two places with one wording each:

@@ -4,7 +4,7 @@ Temporaries sit beside the output and carry the writer's pid: `.OUT.tmp-PID-xxxx
 or the scratch space of `scratch_dir`) and `.OUT.old-PID` (the previous output while it is being
 replaced). A replace renames `out -> .old`, then `.tmp -> out`, then deletes `.old`, so the previous
 output is kept until the new one is in place. `clean_leftovers(out)` (run when a stage claims its
-output, see `moeprune.outputs`) undoes whatever a killed writer left: with no `out`, the newest `.old`
+output, see `moeprune.outputs.claim`) undoes whatever a killed writer left: with no `out`, the newest `.old`
 becomes `out` again; every other temporary of a dead writer is removed. Outputs get the user's umask
 permissions (`mkstemp` / `mkdtemp` make them private).
 """
