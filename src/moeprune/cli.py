@@ -23,7 +23,8 @@ from moeprune.catalog.scorers import SCORERS  # noqa: E402
 from moeprune.catalog.tasks import TASKS, usage  # noqa: E402
 from moeprune.catalog.unstructured import UNSTRUCTURED, unstructured_choices  # noqa: E402
 from moeprune.errors import MoepruneError  # noqa: E402
-from moeprune.params import (  # noqa: E402  # noqa: E402
+from moeprune.params import (  # noqa: E402
+    TESTBED_FAMILIES,
     CalibrateSection,
     EvaluateSection,
     M,
@@ -35,6 +36,9 @@ from moeprune.params import (  # noqa: E402  # noqa: E402
     from_flags,
     registry_section,
 )
+from moeprune.testbed.presets import PRESETS  # noqa: E402
+
+_PRESET_HELP = ", ".join(f"{name} ({p.size.experts} experts, top-{p.size.top_k})" for name, p in PRESETS.items())
 
 app = typer.Typer(
     name="moeprune",
@@ -144,11 +148,9 @@ def testbed(
     kind: Annotated[TestbedKind, typer.Argument(help="lm (GSM8K-style word problems) or vision (digits V-MoE).")],
     out: OutOpt,
     family: Annotated[
-        str | None, typer.Option(help="LM family: qwen3_moe, mixtral, olmoe, deepseek_v3 (default: the preset's).")
+        str | None, typer.Option(help=f"LM family: {', '.join(TESTBED_FAMILIES)} (default: the preset's).")
     ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="LM build plan: default (64 experts, top-8), mixtral-8x (8, top-2), quick.")
-    ] = None,
+    preset: Annotated[str | None, typer.Option(help=f"LM build plan: {_PRESET_HELP}.")] = None,
     seed: int = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny models trained for seconds (tests).")] = False,
     overwrite: OverwriteOpt = False,

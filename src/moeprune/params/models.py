@@ -37,12 +37,12 @@ from moeprune.catalog.unstructured import unstructured_choices
 from moeprune.errors import MoepruneError
 from moeprune.evaluation.lm_eval_tasks import BACKENDS as LM_EVAL_BACKENDS
 from moeprune.params.rules import check_fraction, parse_nm, validation_problems
+from moeprune.testbed.presets import FAMILIES as TESTBED_FAMILIES
 from moeprune.testbed.presets import PRESETS
 
 # The method and task names come from their registries (`moeprune.catalog`), never typed here.
 SCORE_METHODS = tuple(SCORERS.names())
 UNSTRUCTURED_METHODS = unstructured_choices()  # the methods, then "none" (copy)
-TESTBED_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
 CALIBRATION_SOURCES = ("gsm8k-local:", "text:", "imagefolder:", "hf:")
 EVALUATION_TASKS = task_prefixes()  # `gsm8k`, `gsm8k-local:`, ...
 OBJECTIVE_KEYS = (

@@ -35,7 +35,7 @@ from moeprune.outputs import atomic_dir, write_json
 from moeprune.profiling.plots import plot_kind_load
 from moeprune.testbed import diagnostics
 from moeprune.testbed.corpus import Corpus, build_corpus, heldout_text, mixed_batches, rows_by_kind
-from moeprune.testbed.presets import ROUTER_AUX_LOSS_COEF, ModelSize, Plan, get_plan
+from moeprune.testbed.presets import FAMILIES, ROUTER_AUX_LOSS_COEF, ModelSize, Plan, get_plan
 from moeprune.testbed.train import (
     TrainConfig,
     batches_from_rows,
@@ -44,7 +44,6 @@ from moeprune.testbed.train import (
     train,
 )
 
-FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3")
 FEWSHOT = 5
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from moeprune.errors import MoepruneError
 
+FAMILIES = ("qwen3_moe", "mixtral", "olmoe", "deepseek_v3")  # the families `testbed.lm.model_config` builds
 ROUTER_AUX_LOSS_COEF = 0.001  # transformers' Qwen3MoeConfig and MixtralConfig default
 
 
