@@ -180,7 +180,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
         raise MoepruneError(f"unknown testbed family {plan.family!r}; choose one of {', '.join(FAMILIES)}")
     start, cpu_start = time.perf_counter(), time.process_time()
     with atomic_dir(out) as tmp:
-        make_deterministic(seed)
+        make_deterministic(seed, plan.threads)
         corpus = _write_data(tmp / "data", plan, seed)
         tokenizer = build_tokenizer(corpus.all_documents(), model_max_length=plan.size.max_positions)
         config = model_config(plan.family, plan.size, tokenizer, plan.router_aux_loss_coef)
@@ -211,6 +211,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
             "model_type": config.model_type,
             "size": asdict(plan.size),
             "router_aux_loss_coef": plan.router_aux_loss_coef,
+            "threads": plan.threads,
             "params": _count_params(model),
             "vocab_size": len(tokenizer),
             "data": {
