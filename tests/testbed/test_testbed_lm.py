@@ -46,6 +46,8 @@ def test_quick_build_writes_everything(quick_testbed):
     assert len(read_jsonl(out / "data/train.jsonl")) == record["data"]["n_train"]
     assert (out / "data/pretrain.txt").read_text().strip()
     assert record["train_seconds"] < 120 and record["adapt"]["steps"] > 0
+    machine = record["machine"]
+    assert machine["cpu"] and machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     first, last = record["adapt"]["losses"][0][1], record["adapt"]["losses"][-1][1]
     assert last < first
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left

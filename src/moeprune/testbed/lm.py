@@ -9,7 +9,7 @@ adapted to GSM8K-format word problems, built in minutes on CPU.
     out/pretrained/                    HF dir (safetensors + tokenizer) after pretraining
     out/finetuned/                     the same architecture after the task adaptation
     out/routing_<model>.png            kind x expert load per layer (routing diagnostics)
-    out/testbed.json                   plan, sizes, seeds, timings, losses, per-kind perplexity, routing
+    out/testbed.json                   plan, sizes, seeds, timings, losses, per-kind perplexity, routing, CPU
 
 Families: qwen3_moe (default preset), mixtral, olmoe, deepseek_v3, each from the stock transformers
 config class, so both directories load with `AutoModelForCausalLM.from_pretrained`. Presets
@@ -18,6 +18,7 @@ config class, so both directories load with `AutoModelForCausalLM.from_pretraine
 
 from __future__ import annotations
 
+import platform
 import random
 import time
 from dataclasses import asdict, replace
@@ -139,6 +140,21 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _machine() -> dict:
+    """The CPU that trained the weights: the same plan and seed give other weights on another CPU
+    (torch picks its float kernels by instruction set), so a record names it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.is_file()
+        else []
+    )
+    return {
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainConfig:
     """`cfg` with its seed derived from the build seed (and its batch size, when given)."""
     return replace(cfg, seed=seed, batch_size=batch_size or cfg.batch_size)
@@ -237,6 +253,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
             },
             "build_seconds": round(time.perf_counter() - start, 2),
             "build_cpu_seconds": round(time.process_time() - cpu_start, 2),
+            "machine": _machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         write_json(tmp / "testbed.json", record)
