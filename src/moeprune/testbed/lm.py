@@ -140,19 +140,20 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux `/proc/cpuinfo`), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _machine() -> dict:
     """The CPU that trained the weights: the same plan and seed give other weights on another CPU
     (torch picks its float kernels by instruction set), so a record names it."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = (
-        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if cpuinfo.is_file()
-        else []
-    )
-    return {
-        "cpu": names[0] if names else platform.processor() or platform.machine(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+    return {"cpu": _cpu_name(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainConfig:
