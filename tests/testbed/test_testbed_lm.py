@@ -2,6 +2,9 @@
 mixture's kinds and the routing diagnostics."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +51,7 @@ def test_quick_build_writes_everything(quick_testbed):
     assert record["train_seconds"] < 120 and record["adapt"]["steps"] > 0
     machine = record["machine"]
     assert machine["cpu"] and machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["mkl_cbwr"] == os.environ.get("MKL_CBWR")
     first, last = record["adapt"]["losses"][0][1], record["adapt"]["losses"][-1][1]
     assert last < first
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
@@ -88,6 +92,25 @@ def test_same_seed_same_weights(quick_testbed, tmp_path: Path):
     for name in ("train.jsonl", "test.jsonl", "pretrain.txt"):
         assert (out / "data" / name).read_bytes() == (tmp_path / "again/data" / name).read_bytes()
     assert seeded[0]["pretrain"]["losses"] != seeded[1]["pretrain"]["losses"]
+
+
+PINNED_BUILD = """
+import json, sys
+from pathlib import Path
+from moeprune.testbed.lm import build_lm_testbed
+print(json.dumps(build_lm_testbed(Path(sys.argv[1]), quick=True)["machine"]))
+"""
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="pins x86 kernels")
+def test_pinned_kernels_are_recorded(tmp_path: Path):
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", PINNED_BUILD, str(tmp_path / "pinned")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    machine = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (machine["torch_cpu_capability"], machine["mkl_cbwr"]) == ("AVX2", "AVX2")
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "qwen3_moe"])

@@ -18,6 +18,7 @@ config class, so both directories load with `AutoModelForCausalLM.from_pretraine
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import time
@@ -151,9 +152,17 @@ def _cpu_name() -> str:
 
 
 def _machine() -> dict:
-    """The CPU that trained the weights: the same plan and seed give other weights on another CPU
-    (torch picks its float kernels by instruction set), so a record names it."""
-    return {"cpu": _cpu_name(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """The CPU and kernel choice that trained the weights.
+
+    The same plan and seed give other weights on another CPU: torch's own kernels follow
+    `torch_cpu_capability` (pinned with ATEN_CPU_CAPABILITY) and MKL's matrix products the branch
+    MKL picks for the CPU (pinned with MKL_CBWR, None when MKL chooses), so a record names both.
+    """
+    return {
+        "cpu": _cpu_name(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+    }
 
 
 def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainConfig:
