@@ -223,5 +223,7 @@ def test_report_shows_the_lm_testbed_diagnostics(quick_study):
         assert f"| {kind} | {testbed['unigram_perplexity'][kind]:.1f} |" in section
     nmi = testbed["diagnostics"]["finetuned"]["routing"]["layers"]["0"]["nmi"]
     assert f"| finetuned | {nmi:.3f} |" in section
+    machine = testbed["machine"]
+    assert f"Trained on {machine['cpu']} with torch's `{machine['torch_cpu_capability']}` kernels" in section
     for model in ("pretrained", "finetuned"):
         assert (root / "report" / f"testbed_routing_{model}.png").read_bytes()[:8] == PNG_MAGIC

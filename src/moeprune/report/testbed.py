@@ -69,6 +69,18 @@ def _nmi_rows(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _machine_sentence(record: dict[str, Any]) -> str:
+    """Which CPU and kernels trained the weights (another CPU trains others); empty for older records."""
+    machine = record.get("machine")
+    if not machine:
+        return ""
+    mkl = f"`MKL_CBWR={machine['mkl_cbwr']}`" if machine.get("mkl_cbwr") else "chosen by MKL"
+    return (
+        f" Trained on {machine['cpu']} with torch's `{machine['torch_cpu_capability']}` kernels, MKL branch "
+        f"{mkl}: the same plan and seed give other weights on another CPU."
+    )
+
+
 def testbed_lines(record: dict[str, Any], heatmaps: dict[str, str]) -> list[str]:
     """The markdown of the testbed section."""
     size = record["size"]
@@ -78,7 +90,7 @@ def testbed_lines(record: dict[str, Any], heatmaps: dict[str, str]) -> list[str]
         f"Preset `{record.get('preset', '?')}`: {record['model_type']}, {size['layers']} layers, hidden "
         f"{size['hidden']}, {size['experts']} routed experts per layer, top-{size['top_k']}, expert width "
         f"{size['intermediate']}; {record['params']:,} parameters. Build: {record['build_seconds'] / 60:.1f} min "
-        f"wall, {record['build_cpu_seconds'] / 60:.1f} CPU-min (seed {record['seed']}).",
+        f"wall, {record['build_cpu_seconds'] / 60:.1f} CPU-min (seed {record['seed']}).{_machine_sentence(record)}",
         "",
         "Held-out perplexity per kind of pretraining text, and how concentrated each kind's routing is "
         "(share of its (token, expert) pairs on its most-used experts, mean over layers):",
