@@ -106,6 +106,7 @@ def test_quick_testbed_writes_loadable_pretrained_and_finetuned(testbed):
     assert json.loads((out / "testbed.json").read_text()) == summary
     assert summary["data"] == {"train": 1437, "val": 360, "classes": [str(d) for d in range(10)], "image_mode": "L"}
     assert set(summary["timings"]) >= {"pretrain_s", "finetune_s", "total_s"}
+    assert summary["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert 0.0 <= summary["finetune"]["val_top1"] <= 1.0
     models = {}
     for name in ("pretrained", "finetuned"):

@@ -18,8 +18,6 @@ config class, so both directories load with `AutoModelForCausalLM.from_pretraine
 
 from __future__ import annotations
 
-import os
-import platform
 import random
 import time
 from dataclasses import asdict, replace
@@ -37,6 +35,7 @@ from moeprune.outputs import atomic_dir, write_json
 from moeprune.profiling.plots import plot_kind_load
 from moeprune.testbed import diagnostics
 from moeprune.testbed.corpus import Corpus, build_corpus, heldout_text, mixed_batches, rows_by_kind
+from moeprune.testbed.machine import machine_record
 from moeprune.testbed.presets import FAMILIES, ROUTER_AUX_LOSS_COEF, ModelSize, Plan, get_plan
 from moeprune.testbed.train import (
     TrainConfig,
@@ -141,30 +140,6 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (Linux `/proc/cpuinfo`), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _machine() -> dict:
-    """The CPU and kernel choice that trained the weights.
-
-    The same plan and seed give other weights on another CPU: torch's own kernels follow
-    `torch_cpu_capability` (pinned with ATEN_CPU_CAPABILITY) and MKL's matrix products the branch
-    MKL picks for the CPU (pinned with MKL_CBWR, None when MKL chooses), so a record names both.
-    """
-    return {
-        "cpu": _cpu_name(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkl_cbwr": os.environ.get("MKL_CBWR"),
-    }
-
-
 def _phase(cfg: TrainConfig, seed: int, batch_size: int | None = None) -> TrainConfig:
     """`cfg` with its seed derived from the build seed (and its batch size, when given)."""
     return replace(cfg, seed=seed, batch_size=batch_size or cfg.batch_size)
@@ -263,7 +238,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
             },
             "build_seconds": round(time.perf_counter() - start, 2),
             "build_cpu_seconds": round(time.process_time() - cpu_start, 2),
-            "machine": _machine(),
+            "machine": machine_record(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         write_json(tmp / "testbed.json", record)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from moeprune.arch.vmoe import VMoEConfig, VMoEForImageClassification, is_moe_layer
 from moeprune.data.digits import DIGITS_IMAGE_SIZE, export_digits_imagefolder, load_imagefolder, read_image
 from moeprune.outputs import atomic_dir, write_json
+from moeprune.testbed.machine import machine_record
 
 ROTATION_LABELS = ("rot0", "rot90", "rot180", "rot270")
 # Model sizes: the default one is accurate enough for pruning damage to be measurable; quick is for tests.
@@ -378,6 +379,7 @@ def build_vision_testbed(out: Path, seed: int = 0, quick: bool = False) -> dict:
             },
             "paths": {"data": "data", "pretrained": "pretrained", "finetuned": "finetuned"},
             "torch_threads": torch.get_num_threads(),
+            "machine": machine_record(),
         }
         summary["timings"] = clock.times  # filled in as phases end; "total" is added below
         write_json(tmp / "testbed.json", summary)
