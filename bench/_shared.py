@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from moeprune.testbed.machine import cpu_name
+
 
 def threads_parser(doc: str) -> argparse.ArgumentParser:
     """The script's parser (described by its docstring's first line), with `--threads`."""
@@ -27,9 +29,11 @@ def parse_threads(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def machine() -> dict:
-    """The platform, CPU count, torch version and RAM of this machine."""
+    """The platform, CPU name and count, torch version and CPU capability, and RAM of this machine."""
     return {
         "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

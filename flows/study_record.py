@@ -23,6 +23,7 @@ from flows.study_plan import (
     testbed_command,
 )
 from moeprune.outputs import write_json
+from moeprune.testbed.machine import cpu_name
 from tasks.commands import shell
 
 SCORING_FIGURES = ("seconds", "forward_passes")
@@ -94,9 +95,9 @@ def base_record(layout: Layout, quick: bool, uri: str) -> dict[str, Any]:
 
 
 def machine() -> str:
-    """Cores and load when the study started: wall times on a shared machine need both."""
+    """CPU, cores and load when the study started: wall times on a shared machine need all three."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} CPU cores (load average {load:.1f} at the start)"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores (load average {load:.1f} at the start)"
 
 
 def write_all_metrics(layouts: list[Layout], points: dict[str, list[Point]]) -> dict[str, dict[str, float]]:

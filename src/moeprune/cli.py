@@ -38,7 +38,10 @@ from moeprune.params import (  # noqa: E402
 )
 from moeprune.testbed.presets import PRESETS  # noqa: E402
 
-_PRESET_HELP = ", ".join(f"{name} ({p.size.experts} experts, top-{p.size.top_k})" for name, p in PRESETS.items())
+_PRESET_HELP = ", ".join(
+    f"{name} ({p.size.experts} experts, top-{p.size.top_k}, {p.pretrain.steps} pretraining steps)"
+    for name, p in PRESETS.items()
+)
 
 app = typer.Typer(
     name="moeprune",

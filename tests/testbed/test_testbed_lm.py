@@ -72,6 +72,18 @@ def test_both_models_reload_with_stock_classes_and_share_architecture(quick_test
     assert models["finetuned"](ids).logits.shape == (1, ids.shape[1], len(tokenizer))
 
 
+def test_trained_with_the_recorded_experts_kernel_and_saved_without_it(quick_testbed):
+    out, record = quick_testbed
+    assert record["experts_implementation"] == PRESETS["quick"].experts_implementation == "grouped_mm"
+    assert "experts_implementation" not in (out / "finetuned" / "config.json").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out / "finetuned")
+    ids = AutoTokenizer.from_pretrained(out / "finetuned")("Question: 2 + 3\nAnswer:", return_tensors="pt")["input_ids"]
+    model.set_experts_implementation("grouped_mm")
+    grouped = model(ids).logits
+    model.set_experts_implementation("eager")
+    assert torch.allclose(model(ids).logits, grouped, atol=1e-4)  # other rounding, the same function
+
+
 def test_lm_eval_adds_bos_like_training(quick_testbed):
     from lm_eval.models.huggingface import HFLM
 
@@ -140,6 +152,12 @@ def test_presets_fine_grained_default_and_coarse_mixtral():
     assert coarse.family == "mixtral" and (coarse.size.experts, coarse.size.top_k) == (8, 2)
     active = [p.size.top_k * p.size.intermediate for p in (default, coarse)]
     assert active[0] == active[1]  # the same active expert width per token
+
+
+def test_demo_preset_is_the_default_with_shorter_pretraining():
+    default, demo = PRESETS["default"], PRESETS["demo"]
+    assert demo.pretrain.steps < default.pretrain.steps
+    assert replace(demo, pretrain=default.pretrain) == default
 
 
 def test_mixture_has_every_kind_in_every_batch_and_heldout_files(quick_testbed):

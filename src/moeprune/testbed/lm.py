@@ -187,6 +187,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
         config = model_config(plan.family, plan.size, tokenizer, plan.router_aux_loss_coef)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.set_experts_implementation(plan.experts_implementation)
         train_rows = rows_by_kind(tokenizer, corpus.train, plan.pretrain_seq_len)
         heldout = rows_by_kind(tokenizer, corpus.heldout, plan.pretrain_seq_len)
         pretrain_cfg = _phase(plan.pretrain, seed, plan.rows_per_kind * len(train_rows))
@@ -213,6 +214,7 @@ def build_from_plan(out: Path, plan: Plan, seed: int = 0, preset: str = "custom"
             "size": asdict(plan.size),
             "router_aux_loss_coef": plan.router_aux_loss_coef,
             "threads": plan.threads,
+            "experts_implementation": plan.experts_implementation,
             "params": _count_params(model),
             "vocab_size": len(tokenizer),
             "data": {
