@@ -59,7 +59,6 @@ def git_commit(repo: Path, message: str) -> None:
 def write_quick_params(repo: Path) -> None:
     """params.yaml with the quick testbed, tiny calibration/evaluation, a sqlite store in the repo."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["testbed"]["options"].pop("preset")  # the quick testbed, not the demo preset
     params["testbed"]["options"]["quick"] = True
     params["calibrate"].update(samples=8, seq_len=64)
     params["evaluate"].update(limit=4, batch_size=4)

@@ -154,10 +154,10 @@ def test_presets_fine_grained_default_and_coarse_mixtral():
     assert active[0] == active[1]  # the same active expert width per token
 
 
-def test_demo_preset_is_the_default_with_shorter_pretraining():
-    default, demo = PRESETS["default"], PRESETS["demo"]
-    assert demo.pretrain.steps < default.pretrain.steps
-    assert replace(demo, pretrain=default.pretrain) == default
+def test_long_preset_is_the_default_with_the_earlier_1000_pretraining_steps():
+    default, long = PRESETS["default"], PRESETS["long"]
+    assert (default.pretrain.steps, long.pretrain.steps) == (600, 1000)
+    assert replace(long, pretrain=default.pretrain) == default
 
 
 def test_mixture_has_every_kind_in_every_batch_and_heldout_files(quick_testbed):
