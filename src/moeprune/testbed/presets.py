@@ -12,8 +12,8 @@
   architecture), Mixtral family, the same data and training recipe.
 - `long`: the default plan with 1000 pretraining steps, the default until 2026-12-07 (the dated study
   reports of 2026-11-28 and 2026-12-06 used it). 600 replaced it because the 1000-step build took 19.5
-  CPU-minutes on a 2-core Xeon with AVX-512, over the 15 the testbed is allowed (13 on the machine it
-  was planned on); 600 steps build in 11.7 on a 2-core AMD EPYC.
+  CPU-minutes on a 2-core Xeon with AVX-512 and 17.1 on a 2-core AMD EPYC, over the 15 the testbed is
+  allowed (13 on the machine it was planned on); 600 steps build in 11.7 on that AMD EPYC.
 - `quick`: tiny and a few steps, seconds to build (tests; accuracy does not matter).
 """
 
