@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,13 @@ RELIABILITY_ROWS = [
         "negative seeds, a missing file, invalid YAML",
         "an error naming the file and the key (`params.yaml: score.seed: …`), or saying the file is missing or "
         "not valid YAML; types are not coerced (an int where a float is expected is fine)",
+    ),
+    (
+        "null flag in a mapping dvc.yaml unpacks",
+        "`preset:` left empty under `testbed.options` (DVC would run `--preset None`), likewise under `profile`, "
+        "`prune_unstructured.options` and `evaluate.lm_eval`",
+        "an error naming the file and the key, saying to delete the line, before any stage runs; a null elsewhere "
+        "(`registry.tracking_uri`) keeps its meaning",
     ),
 ]
 
@@ -98,6 +106,32 @@ def test_bad_value_names_the_key(raw, path, value, expected):
     with pytest.raises(MoepruneError) as error:
         parse_params(data)
     assert expected in str(error.value)
+
+
+UNPACKED_FLAGS = [
+    "testbed.options.preset",
+    "profile.batch-size",
+    "prune_unstructured.options.nm",
+    "evaluate.lm_eval.backend",
+]
+
+
+@pytest.mark.parametrize("path", UNPACKED_FLAGS)
+def test_a_null_flag_is_refused_before_dvc_passes_it_on_as_none(raw, path):
+    data = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = None
+    with pytest.raises(MoepruneError, match=rf"params.yaml: {re.escape(path)}: null, .*delete the line"):
+        parse_params(data)
+
+
+def test_null_outside_the_unpacked_flags_keeps_its_meaning(raw):
+    data = copy.deepcopy(raw)
+    data["registry"]["tracking_uri"] = None
+    assert parse_params(data).registry.tracking_uri is None
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -328,10 +328,32 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "; ".join(f"{source}: {'.'.join(map(str, loc)) or '(top level)'}: {message}" for loc, message in problems)
 
 
+# The mappings dvc.yaml unpacks into flags (`${testbed.options}`...). DVC renders a null value there as
+# the string "None" (`--preset None`), so a null is refused here, before any stage runs.
+UNPACKED_BY_DVC = (("testbed", "options"), ("profile",), ("prune_unstructured", "options"), ("evaluate", "lm_eval"))
+
+
+def null_flags(data: dict[str, Any]) -> list[str]:
+    """The dotted keys of the mappings dvc.yaml unpacks whose value is null."""
+    found = []
+    for path in UNPACKED_BY_DVC:
+        node: Any = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            found += [".".join((*path, str(key))) for key, value in node.items() if value is None]
+    return found
+
+
 def parse_params(data: dict[str, Any], source: str = "params.yaml") -> Params:
     """Validate an already-parsed mapping; `MoepruneError` names every bad key."""
     if not isinstance(data, dict):
         raise MoepruneError(f"{source}: must be a mapping of sections, got {type(data).__name__}")
+    if nulls := null_flags(data):
+        raise MoepruneError(
+            f"{source}: {', '.join(nulls)}: null, which dvc.yaml would pass on as the word None; "
+            "delete the line (or comment it out) to use the default"
+        )
     try:
         return Params.model_validate(data)
     except ValidationError as error:
