@@ -13,7 +13,11 @@ import builtins
 import io
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +197,23 @@ def test_leftovers_of_a_running_writer_are_left_alone(tmp_path):
         path.mkdir()
     clean_leftovers(out)
     assert _entries(tmp_path) == sorted([alive.name, ".other.tmp-999999999-x"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="zombies are read from Linux's /proc")
+def test_leftovers_of_a_killed_writer_not_yet_reaped_are_removed(tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        writer.send_signal(signal.SIGKILL)
+        proc_stat = Path(f"/proc/{writer.pid}/stat")
+        deadline = time.monotonic() + 10
+        while proc_stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftover = tmp_path / f".out.tmp-{writer.pid}-abc"  # the killed writer's, before its parent waits
+        leftover.mkdir()
+        clean_leftovers(tmp_path / "out")
+        assert not leftover.exists()
+    finally:
+        writer.wait()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

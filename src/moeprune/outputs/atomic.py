@@ -38,9 +38,19 @@ def _old_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.old-{os.getpid()}")
 
 
+def _is_zombie(pid: int) -> bool:
+    """True when `pid` has exited but its parent has not reaped it yet (Linux's /proc; False elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
 def _writer_gone(tag: str) -> bool:
-    """True when the writer `tag` names (its pid) no longer runs, is this process (its earlier writes are
-    over), or is not recorded (a temporary of an older moeprune)."""
+    """True when the writer `tag` names (its pid) no longer runs (a killed writer not reaped yet counts as
+    gone: it writes nothing more), is this process (its earlier writes are over), or is not recorded (a
+    temporary of an older moeprune)."""
     if not tag.isdigit():
         return True
     pid = int(tag)
@@ -52,7 +62,7 @@ def _writer_gone(tag: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)
 
 
 def _remove(path: Path) -> None:
