@@ -27,6 +27,7 @@ import torch
 
 from moeprune.data.calibration import load_calibration, sidecar_path, write_calibration
 from moeprune.outputs import atomic_dir, atomic_file, claim_output, clean_leftovers, scratch_dir, write_json
+from moeprune.outputs.atomic import _is_zombie
 
 OUTCOME = (
     "the previous output is kept until the new one is in place{torn}; the rerun cleans the leftovers "
@@ -204,9 +205,8 @@ def test_leftovers_of_a_killed_writer_not_yet_reaped_are_removed(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         writer.send_signal(signal.SIGKILL)
-        proc_stat = Path(f"/proc/{writer.pid}/stat")
         deadline = time.monotonic() + 10
-        while proc_stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z" and time.monotonic() < deadline:
+        while not _is_zombie(writer.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         leftover = tmp_path / f".out.tmp-{writer.pid}-abc"  # the killed writer's, before its parent waits
         leftover.mkdir()

@@ -105,7 +105,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
-class TestbedOptions(Section):
+class Flags(Section):
+    """A section dvc.yaml unpacks into command flags (`${testbed.options}`): its keys are the flag names."""
+
+
+class TestbedOptions(Flags):
     """Flags of `moeprune testbed` as dvc.yaml unpacks them (`--preset`, `--family`, `--seed`, `--quick`)."""
 
     preset: TestbedPreset | None = None
@@ -146,7 +150,7 @@ class CalibrateSection(Section):
         return check_prefixed(value, CALIBRATION_SOURCES, "calibration source")
 
 
-class ProfileOptions(Section):
+class ProfileOptions(Flags):
     """Flags of `moeprune profile` as dvc.yaml unpacks them (`--streaming` when true, `--batch-size`)."""
 
     streaming: bool = False
@@ -161,7 +165,7 @@ class ScoreSection(Section):
     seed: int = Field(0, ge=0)
 
 
-class UnstructuredOptions(Section):
+class UnstructuredOptions(Flags):
     """Flags of `moeprune prune-unstructured` as dvc.yaml unpacks them (keys are the flag names).
 
     Exactly one of `sparsity` (per layer, on what remains) and `total-sparsity` (over the original
@@ -208,7 +212,7 @@ class UnstructuredSection(Section):
         return value
 
 
-class LmEvalOptions(Section):
+class LmEvalOptions(Flags):
     """Flags of `moeprune evaluate` for `lm-eval:` tasks, as dvc.yaml unpacks them (keys are the flag names).
 
     Leave `include-path` out rather than null: dvc.yaml would pass a null on as the text "None".
@@ -328,15 +332,23 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "; ".join(f"{source}: {'.'.join(map(str, loc)) or '(top level)'}: {message}" for loc, message in problems)
 
 
-# The mappings dvc.yaml unpacks into flags (`${testbed.options}`...). DVC renders a null value there as
-# the string "None" (`--preset None`), so a null is refused here, before any stage runs.
-UNPACKED_BY_DVC = (("testbed", "options"), ("profile",), ("prune_unstructured", "options"), ("evaluate", "lm_eval"))
+def flag_sections(model: type[Section] = Params, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key paths of every `Flags` section in `model` (`("testbed", "options")`, `("profile",)`...)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        kind, path = field.annotation, (*prefix, field.alias or name)
+        if isinstance(kind, type) and issubclass(kind, Flags):
+            paths.append(path)
+        elif isinstance(kind, type) and issubclass(kind, Section):
+            paths += flag_sections(kind, path)
+    return paths
 
 
 def null_flags(data: dict[str, Any]) -> list[str]:
-    """The dotted keys of the mappings dvc.yaml unpacks whose value is null."""
+    """The dotted keys of the `Flags` sections whose value is null: DVC renders a null flag as the word
+    None (`--preset None`), so it is refused before any stage runs."""
     found = []
-    for path in UNPACKED_BY_DVC:
+    for path in flag_sections():
         node: Any = data
         for key in path:
             node = node.get(key) if isinstance(node, dict) else None
