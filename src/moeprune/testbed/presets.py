@@ -5,7 +5,7 @@
   parameters per token equal the coarse preset's (8 x 64 = 2 x 256). Pretrained for 600 steps on
   eight kinds of text in equal shares (word problems one of them, 1/8 of the rows of every batch) with
   the load-balancing loss at the stock Qwen3MoeConfig coefficient (0.001); then adapted to the GSM8K
-  5-shot format for 200 shorter steps (about a sixth of the pretraining tokens) without the balancing
+  5-shot format for 200 shorter steps (about a quarter of the pretraining tokens) without the balancing
   loss, as common fine-tuning recipes run (a batch of one task only would otherwise be pushed onto
   every expert, which undoes the specialisation pretraining produced).
 - `mixtral-8x`: the coarse-expert case, 8 experts top-2 of width 256 (the first testbed's
