@@ -160,6 +160,13 @@ def test_long_preset_is_the_default_with_the_earlier_1000_pretraining_steps():
     assert replace(long, pretrain=default.pretrain) == default
 
 
+def test_top4_preset_is_the_default_with_half_the_active_experts_each_twice_as_wide():
+    default, top4 = PRESETS["default"], PRESETS["top4"]
+    assert (top4.size.experts, top4.size.top_k) == (default.size.experts, default.size.top_k // 2)
+    assert top4.size.top_k * top4.size.intermediate == default.size.top_k * default.size.intermediate
+    assert replace(top4, size=default.size) == default
+
+
 def test_mixture_has_every_kind_in_every_batch_and_heldout_files(quick_testbed):
     out, record = quick_testbed
     kinds = record["data"]["kinds"]

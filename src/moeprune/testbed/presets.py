@@ -14,6 +14,10 @@
   reports of 2026-11-28 and 2026-12-06 used it). 600 replaced it because the 1000-step build took 19.5
   CPU-minutes on a 2-core Xeon with AVX-512 and 17.1 on a 2-core AMD EPYC, over the 15 the testbed is
   allowed (13 on the machine it was planned on); 600 steps build in 11.7 on that AMD EPYC.
+- `top4`: the default plan with 64 experts top-4 of width 128 instead of top-8 of width 64: the same
+  active expert width per token, and Qwen3-30B-A3B's share of active experts (8 of 128, a sixteenth;
+  the default's top-8 of 64 is OLMoE's eighth). A candidate default measured on 2026-12-07 (see
+  docs/testbed-history.md), not yet adopted.
 - `quick`: tiny and a few steps, seconds to build (tests; accuracy does not matter).
 """
 
@@ -100,6 +104,7 @@ DEFAULT = Plan(
     adapt=TrainConfig(steps=200, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt", balance=False),
 )
 LONG = replace(DEFAULT, pretrain=replace(DEFAULT.pretrain, steps=1000))
+TOP4 = replace(DEFAULT, size=ModelSize(intermediate=128, experts=64, top_k=4))
 MIXTRAL_8X = replace(DEFAULT, family="mixtral", size=ModelSize(intermediate=256, experts=8, top_k=2))
 QUICK = Plan(
     family="qwen3_moe",
@@ -114,7 +119,13 @@ QUICK = Plan(
     adapt=TrainConfig(steps=10, batch_size=4, lr=3e-3, warmup_steps=3, desc="adapt"),
     heldout_rows=4,
 )
-PRESETS: dict[str, Plan] = {"default": DEFAULT, "long": LONG, "mixtral-8x": MIXTRAL_8X, "quick": QUICK}
+PRESETS: dict[str, Plan] = {
+    "default": DEFAULT,
+    "long": LONG,
+    "top4": TOP4,
+    "mixtral-8x": MIXTRAL_8X,
+    "quick": QUICK,
+}
 
 
 def get_plan(preset: str) -> Plan:
