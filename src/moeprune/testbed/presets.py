@@ -104,7 +104,7 @@ DEFAULT = Plan(
     adapt=TrainConfig(steps=200, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt", balance=False),
 )
 LONG = replace(DEFAULT, pretrain=replace(DEFAULT.pretrain, steps=1000))
-TOP4 = replace(DEFAULT, size=ModelSize(intermediate=128, experts=64, top_k=4))
+TOP4 = replace(DEFAULT, size=replace(DEFAULT.size, intermediate=128, top_k=4))
 MIXTRAL_8X = replace(DEFAULT, family="mixtral", size=ModelSize(intermediate=256, experts=8, top_k=2))
 QUICK = Plan(
     family="qwen3_moe",
