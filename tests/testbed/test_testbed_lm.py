@@ -154,15 +154,17 @@ def test_presets_fine_grained_default_and_coarse_mixtral():
     assert active[0] == active[1]  # the same active expert width per token
 
 
-def test_top8_preset_is_the_default_with_twice_the_active_experts_each_half_as_wide():
-    default, top8 = PRESETS["default"], PRESETS["top8"]
-    assert (default.size.experts, default.size.top_k, top8.size.top_k) == (64, 4, 8)
-    assert top8.size.top_k * top8.size.intermediate == default.size.top_k * default.size.intermediate
-    assert replace(top8, size=default.size) == default
+def test_e64_presets_are_the_default_with_half_the_experts_at_the_same_active_width():
+    default, top4, top8 = PRESETS["default"], PRESETS["e64-top4"], PRESETS["e64-top8"]
+    assert (default.size.experts, default.size.top_k) == (128, 4)
+    assert (top4.size.experts, top4.size.top_k, top8.size.experts, top8.size.top_k) == (64, 4, 64, 8)
+    widths = {p.size.top_k * p.size.intermediate for p in (default, top4, top8)}
+    assert widths == {default.size.top_k * default.size.intermediate}
+    assert replace(top4, size=default.size) == default and replace(top8, size=default.size) == default
 
 
-def test_long_preset_is_top8_with_the_earlier_1000_pretraining_steps():
-    top8, long = PRESETS["top8"], PRESETS["long"]
+def test_long_preset_is_e64_top8_with_the_earlier_1000_pretraining_steps():
+    top8, long = PRESETS["e64-top8"], PRESETS["long"]
     assert (top8.pretrain.steps, long.pretrain.steps) == (600, 1000)
     assert replace(long, pretrain=top8.pretrain) == top8
 

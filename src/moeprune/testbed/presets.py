@@ -1,18 +1,18 @@
 """Named build plans of the LM testbed: sizes, data counts and the two training phases (torch-free).
 
-- `default`: a Qwen3-MoE-family model with 64 fine-grained routed experts per layer, top-4 of width
-  128: a sixteenth of the experts active per token (Qwen3-30B-A3B's share, 8 of 128), the same active
-  expert width as the coarse preset's (4 x 128 = 2 x 256). Pretrained for 600 steps on eight kinds of
-  text in equal shares (word problems one of them, 1/8 of the rows of every batch) with the
-  load-balancing loss at the stock Qwen3MoeConfig coefficient (0.001); then adapted to the GSM8K 5-shot
-  format for 200 shorter steps (about a quarter of the pretraining tokens) without the balancing loss,
-  as common fine-tuning recipes run (a batch of one task only would otherwise be pushed onto every
-  expert, which undoes the specialisation pretraining produced). The default since 2026-12-07 (stop
-  24); how it was chosen, and after which measurements, is in docs/testbed-history.md.
-- `top8`: the default until then: 64 experts top-8 of width 64 (OLMoE's eighth active), the same
-  active width, otherwise the same plan.
-- `long`: `top8` with 1000 pretraining steps, the default until the 600-step plan (the dated study
-  reports of 2026-11-28 and 2026-12-06 used it). 600 replaced it because the 1000-step build took 19.5
+- `default`: a Qwen3-MoE-family model with 128 fine-grained routed experts per layer (Qwen3-MoE's
+  count), top-4 of width 128: a thirty-second of the experts active per token (DeepSeek-V3's share,
+  8 of 256), the same active expert width as the coarse preset's (4 x 128 = 2 x 256). Pretrained for
+  600 steps on eight kinds of text in equal shares (word problems one of them, 1/8 of the rows of every
+  batch) with the load-balancing loss at the stock Qwen3MoeConfig coefficient (0.001); then adapted to
+  the GSM8K 5-shot format for 200 shorter steps (about a quarter of the pretraining tokens) without the
+  balancing loss, as common fine-tuning recipes run (a batch of one task only would otherwise be pushed
+  onto every expert, which undoes the specialisation pretraining produced). The default since
+  2026-12-07; how it was chosen, and after which measurements, is in docs/testbed-history.md.
+- `e64-top4`: 64 experts top-4 of width 128 (a sixteenth active), otherwise the same plan.
+- `e64-top8`: 64 experts top-8 of width 64 (OLMoE's eighth active), the default until 2026-12-07.
+- `long`: `e64-top8` with 1000 pretraining steps, the default before that (the dated study reports of
+  2026-11-28 and 2026-12-06 used it). 600 replaced it because the 1000-step build took 19.5
   CPU-minutes on a 2-core Xeon with AVX-512 and 17.1 on a 2-core AMD EPYC, over the 15 the testbed is
   allowed (13 on the machine it was planned on).
 - `mixtral-8x`: the coarse-expert case, 8 experts top-2 of width 256 (the first testbed's
@@ -54,7 +54,7 @@ class ModelSize:
     heads: int = 4
     kv_heads: int = 4
     intermediate: int = 128
-    experts: int = 64
+    experts: int = 128
     top_k: int = 4
     max_positions: int = 1024
 
@@ -102,8 +102,9 @@ DEFAULT = Plan(
     pretrain=TrainConfig(steps=600, batch_size=16, lr=2e-3, warmup_steps=30, desc="pretrain"),
     adapt=TrainConfig(steps=200, batch_size=8, lr=1e-3, warmup_steps=10, desc="adapt", balance=False),
 )
-TOP8 = replace(DEFAULT, size=replace(DEFAULT.size, intermediate=64, top_k=8))
-LONG = replace(TOP8, pretrain=replace(TOP8.pretrain, steps=1000))
+E64_TOP4 = replace(DEFAULT, size=replace(DEFAULT.size, experts=64))
+E64_TOP8 = replace(DEFAULT, size=replace(DEFAULT.size, experts=64, intermediate=64, top_k=8))
+LONG = replace(E64_TOP8, pretrain=replace(E64_TOP8.pretrain, steps=1000))
 MIXTRAL_8X = replace(DEFAULT, family="mixtral", size=ModelSize(intermediate=256, experts=8, top_k=2))
 QUICK = Plan(
     family="qwen3_moe",
@@ -120,7 +121,8 @@ QUICK = Plan(
 )
 PRESETS: dict[str, Plan] = {
     "default": DEFAULT,
-    "top8": TOP8,
+    "e64-top4": E64_TOP4,
+    "e64-top8": E64_TOP8,
     "long": LONG,
     "mixtral-8x": MIXTRAL_8X,
     "quick": QUICK,
