@@ -27,6 +27,7 @@ from moeprune.params import models as config
 from moeprune.pruning import unstructured as unstructured_module
 from moeprune.scoring import SCORERS as IMPLEMENTED_SCORERS
 from moeprune.stages.score import parse_options
+from moeprune.testbed.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # flows/ lives beside src/
@@ -92,7 +93,8 @@ def test_the_study_plan_reads_what_each_method_needs() -> None:
     assert study_plan.METHOD_INPUTS == {e.name: tuple(flags[n] for n in e.needs) for e in SCORERS.entries()}
     language = study_plan.study_specs()[1]
     reason = study_plan.intractable(language, "naee", 0.5)
-    assert reason == naee_refusal(language.routed_experts, language.routed_experts // 2) and "C(64, 32)" in reason
+    assert language.routed_experts == PRESETS["default"].size.experts == 128
+    assert reason == naee_refusal(128, 64) and "C(128, 64)" in reason
     assert study_plan.intractable(language, "stun", 0.5) is None
 
 

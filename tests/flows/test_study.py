@@ -203,13 +203,13 @@ def test_runner_stops_a_failed_chain_and_runs_the_next(tmp_path):
 
 def test_naee_points_only_where_keep_sets_are_enumerable(tmp_path):
     full, quick = study_specs(quick=False)[1], study_specs(quick=True)[1]
-    assert full.routed_experts == 64 and quick.routed_experts == 8
+    assert full.routed_experts == 128 and quick.routed_experts == 8
     full_points = study_points(Layout(tmp_path, full))
     assert not [p for p in full_points if p.expert_method == "naee"]
     assert "naee" in full.expert_methods and requested(full)["expert"]["naee"] == []
     record = spec_record(full, Layout(tmp_path, full))
     assert [(n["method"], n["expert_sparsity"]) for n in record["not_run"]] == [("naee", 0.25), ("naee", 0.5)]
-    assert "C(64, 48)" in record["not_run"][0]["reason"]
+    assert "C(128, 96)" in record["not_run"][0]["reason"]
     quick_points = study_points(Layout(tmp_path, quick))
     assert {p.expert_sparsity for p in quick_points if p.expert_method == "naee"} == {0.25, 0.5}
 
